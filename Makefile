@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+# Both (re)create .venv through scripts/bootstrap.sh when it is missing or stale.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bootstrap-stamp
+
+.PHONY: venv test test-slow lint demo bench clean-venv
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check metaacdc tests scripts
+	$(BIN)/ruff format --check metaacdc tests scripts
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(BIN)/metaacdc info --backbone resnet18 --acdc net --atoms 8 --flops --image-size 84
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_acdc.py
+
+clean-venv:
+	rm -rf $(VENV)

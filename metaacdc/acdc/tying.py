@@ -1,0 +1,71 @@
+"""Sharing one coefficient tensor among the ACDC layers of a scope."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metaacdc.acdc.layer import ACDCConv2d, init_coefficients
+from metaacdc.errors import ConfigError, check_choice
+from metaacdc.sharing import find_sites, scope_groups
+
+SHARES: tuple[str, ...] = ("layer", "block", "net", "g-layer", "g-block", "g-net")
+
+
+def split_share(share: str, group_size: int | None) -> tuple[str, int | None]:
+    """``("g-net", 32)`` -> ``("net", 32)``; also accepts ``("net", 32)`` as the g- variant."""
+    check_choice("share", share, SHARES)
+    if share.startswith("g-"):
+        if group_size is None:
+            raise ConfigError(f"share={share!r} needs group_size (channels per group), e.g. 32")
+        return share[2:], group_size
+    return share, group_size
+
+
+def layer_group_size(in_channels: int, group_size: int | None) -> int | None:
+    """The group size a layer uses: none for layers narrower than one group.
+
+    A layer with fewer input channels than ``s`` (the RGB stem) cannot be split into groups;
+    it is decomposed without grouping and keeps coefficients of its own (it joins no scope).
+    """
+    if group_size is None or in_channels < group_size:
+        return None
+    return group_size
+
+
+def tie_coefficients(
+    model: nn.Module, share: str, example_input: Tensor | None = None
+) -> nn.Module:
+    """Make the ACDC layers of each ``share`` scope read one coefficient tensor.
+
+    ``share`` is layer, block or net (the grouping of each layer is already fixed). A scope's
+    tensor is allocated at the widest layer's size and sliced (paper 000 §2.3); grouped
+    layers share an ``s x s x m`` tensor among themselves, apart from ungrouped ones.
+    """
+    sites = find_sites(model, lambda m: isinstance(m, ACDCConv2d), example_input)
+    if share == "layer":
+        return model
+    for group in scope_groups(sites, share):
+        layers: list[ACDCConv2d] = [site.module for site in group]  # type: ignore[misc]
+        grouped = [layer for layer in layers if layer.layout is not None]
+        plain = [layer for layer in layers if layer.layout is None]
+        # A grouped scope: stems without grouping keep their own coefficients.
+        for members in [grouped] if grouped else [plain]:
+            if len(members) > 1:
+                _share(members)
+    return model
+
+
+def _share(layers: list[ACDCConv2d]) -> None:
+    atoms = {layer.num_atoms for layer in layers}
+    if len(atoms) != 1:
+        raise ConfigError(f"layers sharing coefficients must have one atom count, got {atoms}")
+    rows = max(layer.unit_shape[0] for layer in layers)
+    cols = max(layer.unit_shape[1] for layer in layers)
+    first = layers[0].coefficients
+    shared = nn.Parameter(
+        torch.empty(rows, cols, atoms.pop(), device=first.device, dtype=first.dtype)
+    )
+    init_coefficients(shared)
+    for layer in layers:
+        layer.share_coefficients(shared)

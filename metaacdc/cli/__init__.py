@@ -1,0 +1,49 @@
+"""The `metaacdc` command: builds a config from arguments and calls the library.
+
+User mistakes (``ConfigError`` and missing files) are reported in one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from metaacdc.cli import data, info
+from metaacdc.errors import ConfigError
+
+SUBCOMMANDS = (info, data)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Reports a malformed command line in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="metaacdc", description="MAML over ACDC backbones: few-shot depth curves."
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser
+    )
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"metaacdc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metaacdc {args.command}: interrupted", file=sys.stderr)
+        return 130
