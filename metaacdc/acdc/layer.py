@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from metaacdc.acdc.grouping import GroupLayout, channel_shuffle
+from metaacdc.acdc.slicing import NestedSlices
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
 Path = Literal["auto", "kernel", "atoms"]
@@ -117,6 +118,7 @@ class ACDCConv2d(nn.Module):
             if bias
             else None
         )
+        self.slices: NestedSlices | None = None
         init_coefficients(self.coefficients)
         self.reset_atoms()
 
@@ -128,10 +130,13 @@ class ACDCConv2d(nn.Module):
             return self.out_channels, self.in_channels // self.groups
         return self.layout.group_size, self.layout.group_size
 
-    def share_coefficients(self, coefficients: nn.Parameter) -> None:
+    def share_coefficients(
+        self, coefficients: nn.Parameter, slices: NestedSlices | None = None
+    ) -> None:
         """Read the kernel's coefficients from ``coefficients`` (shared with other layers).
 
-        The tensor must be at least as large as this layer's slice; the atoms are re-scaled
+        The tensor must be at least as large as this layer's slice (``slices``, shared by the
+        scope's layers, cuts it efficiently); the atoms are re-scaled
         so the reconstructed kernel keeps the variance of a Kaiming-initialised conv.
         """
         rows, cols = self.unit_shape
@@ -146,6 +151,7 @@ class ACDCConv2d(nn.Module):
                 f"needs at least ({rows}, {cols}, {self.num_atoms})"
             )
         self.coefficients = coefficients
+        self.slices = slices
         self.reset_atoms()
 
     # ------------------------------------------------------------------ init
@@ -182,6 +188,8 @@ class ACDCConv2d(nn.Module):
         coef = self.coefficients
         if coef.shape[0] == rows and coef.shape[1] == cols:
             return coef
+        if self.slices is not None:
+            return self.slices.get(coef, rows, cols)
         return coef[:rows, :cols]
 
     def _unit_kernels(self, atoms: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from metaacdc.acdc.layer import ACDCConv2d, init_coefficients
+from metaacdc.acdc.slicing import NestedSlices
 from metaacdc.errors import ConfigError, check_choice
 from metaacdc.sharing import find_sites, scope_groups
 
@@ -67,5 +68,6 @@ def _share(layers: list[ACDCConv2d]) -> None:
         torch.empty(rows, cols, atoms.pop(), device=first.device, dtype=first.dtype)
     )
     init_coefficients(shared)
+    slices = NestedSlices([layer.unit_shape for layer in layers], (rows, cols))
     for layer in layers:
-        layer.share_coefficients(shared)
+        layer.share_coefficients(shared, slices)
