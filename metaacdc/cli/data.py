@@ -1,0 +1,211 @@
+"""`metaacdc data`: prepare a cache, describe one, freeze episode manifests."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from metaacdc.errors import ConfigError
+
+SOURCE_OPTIONS = {
+    "miniimagenet": ("layout",),
+    "omniglot": ("rotations", "split_seed"),
+    "synthetic": ("images_per_class", "seed"),
+}
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("data", help="prepare and inspect episode caches, freeze episodes")
+    actions = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    prepare = actions.add_parser("prepare", help="turn a dataset into a cache (resumable)")
+    prepare.add_argument(
+        "--source", required=True, choices=("miniimagenet", "omniglot", "synthetic")
+    )
+    prepare.add_argument("--root", type=Path, help="folder holding the dataset's files")
+    prepare.add_argument("--out", type=Path, required=True, help="cache folder to write")
+    prepare.add_argument(
+        "--image-size", type=int, default=None, help="side in pixels (default 84; Omniglot 28)"
+    )
+    prepare.add_argument(
+        "--splits", nargs="+", default=["train", "val", "test"], choices=("train", "val", "test")
+    )
+    prepare.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing splits built from other inputs/parameters",
+    )
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.add_argument(
+        "--layout",
+        choices=("csv", "pickle", "folders"),
+        help="miniImageNet layout (default: detected)",
+    )
+    prepare.add_argument(
+        "--rotations",
+        action="store_true",
+        default=None,
+        help="Omniglot: add 90/180/270 degree rotations as new classes",
+    )
+    prepare.add_argument("--split-seed", type=int, help="Omniglot: character split seed")
+    prepare.add_argument("--images-per-class", type=int, help="synthetic: images per class")
+    prepare.add_argument("--seed", type=int, help="synthetic: generator seed")
+    prepare.set_defaults(handler=run_prepare)
+
+    info = actions.add_parser("info", help="describe a cache folder or one split of it")
+    info.add_argument("directory", type=Path)
+    info.set_defaults(handler=run_info)
+
+    freeze = actions.add_parser("freeze", help="freeze a list of test tasks into a manifest")
+    origin = freeze.add_mutually_exclusive_group()
+    origin.add_argument(
+        "--split-csv",
+        type=Path,
+        help="split CSV (filename,label); default: the shipped miniImageNet one",
+    )
+    origin.add_argument("--cache", type=Path, help="a prepared split directory instead")
+    freeze.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="which shipped miniImageNet CSV (default test)",
+    )
+    freeze.add_argument("--ways", type=int, default=5)
+    freeze.add_argument("--shots", type=int, required=True)
+    freeze.add_argument("--queries", type=int, default=15)
+    freeze.add_argument("--tasks", type=int, default=3000)
+    freeze.add_argument("--seed", type=int, default=0)
+    freeze.add_argument("--out", type=Path, required=True, help="manifest file (.json[.gz])")
+    freeze.set_defaults(handler=run_freeze)
+
+
+def _source_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for source, names in SOURCE_OPTIONS.items():
+        for name in names:
+            value = getattr(args, name)
+            if value is None:
+                continue
+            if source != args.source:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} applies to --source {source} only")
+            options[name] = value
+    return options
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from metaacdc.data import prepare
+
+    def report(result: Any) -> None:
+        meta = result.meta
+        print(
+            f"{result.split}: {result.status} {result.directory} ({meta.num_images} images, "
+            f"{len(meta.class_names)} classes, {meta.image_size}px)"
+        )
+
+    prepare(
+        args.source,
+        args.out,
+        root=args.root,
+        image_size=args.image_size,
+        splits=args.splits,
+        force=args.force,
+        progress=not args.no_progress,
+        on_split=report,
+        **_source_options(args),
+    )
+    return 0
+
+
+def _describe(directory: Path) -> str:
+    from metaacdc.data import open_split
+
+    split = open_split(directory)
+    meta = split.meta
+    counts = [len(ix) for ix in split.class_indices]
+    size = sum(p.stat().st_size for p in directory.iterdir()) / 2**20
+    lines = [
+        f"{directory}: {meta.source} {meta.split}, format version {meta.format_version}",
+        f"  images: {meta.num_images} x {meta.image_size}x{meta.image_size}x{meta.channels} "
+        f"uint8 ({size:.1f} MiB on disk)",
+        f"  classes: {len(counts)} ({min(counts, default=0)}-{max(counts, default=0)} "
+        "images per class)",
+        f"  filenames: {'recorded' if meta.filenames is not None else 'none'}",
+        "  mean: "
+        + ", ".join(f"{v:.4f}" for v in meta.mean)
+        + "  std: "
+        + ", ".join(f"{v:.4f}" for v in meta.std),
+        f"  source sha256: {meta.source_sha256}",
+        f"  images sha256: {meta.images_sha256}",
+    ]
+    lines += [f"  {key}: {value}" for key, value in sorted(meta.preprocessing.items())]
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from metaacdc.data.cache import SPLITS, is_complete
+
+    directory: Path = args.directory
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such cache directory")
+    if (directory / "images.u8").exists() or is_complete(directory):
+        print(_describe(directory))
+        return 0
+    found = [directory / s for s in SPLITS if (directory / s).is_dir()]
+    if not found:
+        raise ConfigError(
+            f"{directory}: holds no cache splits (train/ val/ test/); create "
+            "them with `metaacdc data prepare`"
+        )
+    print("\n".join(_describe(path) for path in found))
+    return 0
+
+
+def run_freeze(args: argparse.Namespace) -> int:
+    from metaacdc.data import (
+        class_files_from_csv,
+        class_files_from_split,
+        freeze,
+        open_split,
+        shipped_split_csv,
+    )
+    from metaacdc.data.cache import file_sha256
+    from metaacdc.data.sources.miniimagenet import read_split_csv
+
+    if args.cache is not None:
+        split = open_split(args.cache)
+        class_files = class_files_from_split(split)
+        provenance = {
+            "source": f"{split.meta.source} {split.meta.split} cache",
+            "source_sha256": split.meta.source_sha256,
+        }
+        origin = f"--cache {args.cache}"
+    else:
+        csv_path = args.split_csv or shipped_split_csv(args.split)
+        class_files = class_files_from_csv(read_split_csv(csv_path))
+        provenance = {
+            "source": f"split CSV {csv_path.name}",
+            "source_sha256": file_sha256(csv_path),
+        }
+        origin = f"--split-csv {csv_path}" if args.split_csv else f"--split {args.split}"
+    command = (
+        f"metaacdc data freeze {origin} --ways {args.ways} --shots {args.shots} "
+        f"--queries {args.queries} --tasks {args.tasks} --seed {args.seed}"
+    )
+    manifest = freeze(
+        class_files,
+        args.ways,
+        args.shots,
+        args.queries,
+        args.tasks,
+        args.seed,
+        command=command,
+        **provenance,
+    )
+    path = manifest.save(args.out)
+    print(
+        f"{path}: {len(manifest)} tasks, {args.ways}-way {args.shots}-shot "
+        f"{args.queries} queries, content sha256 {manifest.content_sha256()}"
+    )
+    return 0

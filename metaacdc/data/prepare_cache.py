@@ -1,0 +1,173 @@
+"""``prepare``: turn a source into cached splits once; resumable, never silently overwriting."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from metaacdc.data.cache import (
+    FORMAT_VERSION,
+    META_FILE,
+    SPLITS,
+    CacheMeta,
+    SplitWriter,
+    is_complete,
+    remove_stale_temporaries,
+    split_dir,
+)
+from metaacdc.data.sources.base import SplitPlan
+from metaacdc.errors import ConfigError, check_choice
+
+SOURCES = ("miniimagenet", "omniglot", "synthetic")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Outcome for one split: ``"written"`` or ``"kept"`` (already complete and matching)."""
+
+    split: str
+    directory: Path
+    status: str
+    meta: CacheMeta
+
+
+def plan_splits(
+    source: str, root: Path | None, image_size: int | None, splits: Sequence[str], **options: Any
+) -> list[SplitPlan]:
+    """Plans for ``splits`` of ``source`` (see the ``sources`` modules for ``options``)."""
+    check_choice("source", source, SOURCES)
+    for split in splits:
+        check_choice("split", split, SPLITS)
+    if source == "synthetic":
+        from metaacdc.data.sources import synthetic
+
+        size = image_size if image_size is not None else synthetic.DEFAULT_IMAGE_SIZE
+        return [synthetic.plan_split(s, image_size=size, **options) for s in splits]
+    if root is None:
+        raise ConfigError(f"--root is required for source {source!r}: the folder of its files")
+    if source == "miniimagenet":
+        from metaacdc.data.sources import miniimagenet
+
+        return [
+            miniimagenet.plan_split(root, s, image_size=image_size or 84, **options) for s in splits
+        ]
+    from metaacdc.data.sources import omniglot
+
+    return omniglot.plan_splits(root, splits, image_size=image_size or 28, **options)
+
+
+def prepare(
+    source: str,
+    out: Path | str,
+    *,
+    root: Path | str | None = None,
+    image_size: int | None = None,
+    splits: Sequence[str] = SPLITS,
+    force: bool = False,
+    progress: bool = True,
+    on_split: Callable[[PrepareResult], None] | None = None,
+    **options: Any,
+) -> list[PrepareResult]:
+    """Write the cache of ``source`` under ``out/<split>/``.
+
+    Splits already complete with the same fingerprint are kept (resume after an interrupt).
+    A complete split built from other inputs or parameters is refused unless ``force``.
+
+    Args:
+        source: ``"miniimagenet"``, ``"omniglot"`` or ``"synthetic"``.
+        out: cache root directory.
+        root: folder of the source files (not used by ``"synthetic"``).
+        image_size: target side; defaults 84 (miniImageNet, synthetic) and 28 (Omniglot).
+        splits: which splits to write.
+        force: overwrite complete splits that differ.
+        progress: show a progress bar per split.
+        on_split: called with each split's result as soon as it is done.
+        **options: source options (``layout``; ``rotations``, ``split_seed``;
+            ``images_per_class``, ``seed``).
+    """
+    out = Path(out)
+    plans = plan_splits(
+        source, Path(root) if root is not None else None, image_size, splits, **options
+    )
+    remove_stale_temporaries(out)
+    for plan in plans:  # refuse before writing anything
+        _check_overwrite(plan, split_dir(out, plan.split), force)
+    results = []
+    for plan in plans:
+        result = _prepare_split(plan, split_dir(out, plan.split), progress)
+        results.append(result)
+        if on_split is not None:
+            on_split(result)
+    return results
+
+
+def _check_overwrite(plan: SplitPlan, directory: Path, force: bool) -> None:
+    if force or not directory.exists():
+        return
+    if not is_complete(directory):
+        if any(directory.iterdir()):
+            raise ConfigError(
+                f"{directory}: exists but is not a cache split; choose another "
+                "--out or pass --force to replace it"
+            )
+        return
+    try:
+        existing = CacheMeta.from_file(directory / META_FILE)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (or pass --force to overwrite it)") from error
+    if existing.fingerprint != plan.fingerprint:
+        raise ConfigError(
+            f"{directory}: holds a different cache ({existing.source}, "
+            f"{existing.image_size}px, {existing.num_images} images) than the one asked for "
+            f"({plan.source}, {plan.image_size}px, {len(plan)} images); pass --force to "
+            "overwrite it or choose another --out"
+        )
+
+
+def _prepare_split(plan: SplitPlan, directory: Path, progress: bool) -> PrepareResult:
+    if is_complete(directory):
+        existing = CacheMeta.from_file(directory / META_FILE)
+        if existing.fingerprint == plan.fingerprint:
+            return PrepareResult(plan.split, directory, "kept", existing)
+    shape = (len(plan), plan.image_size, plan.image_size, plan.channels)
+    digest = hashlib.sha256()
+    with SplitWriter(directory, shape) as writer:
+        assert writer.images is not None
+        bar = tqdm(
+            range(len(plan)),
+            desc=f"{plan.source} {plan.split}",
+            unit="img",
+            disable=not progress,
+            leave=False,
+        )
+        for i in bar:
+            image, raw = plan.read(i)
+            if image.shape != shape[1:]:
+                raise ConfigError(
+                    f"image {i} of {plan.split} has shape {image.shape}, expected {shape[1:]}"
+                )
+            writer.images[i] = image
+            if raw:
+                digest.update(raw)
+        meta = writer.commit(
+            plan.labels,
+            {
+                "source": plan.source,
+                "split": plan.split,
+                "image_size": plan.image_size,
+                "channels": plan.channels,
+                "num_images": len(plan),
+                "class_names": list(plan.class_names),
+                "filenames": list(plan.filenames) if plan.filenames is not None else None,
+                "source_sha256": plan.source_digest or digest.hexdigest(),
+                "fingerprint": plan.fingerprint,
+                "preprocessing": plan.preprocessing,
+                "format_version": FORMAT_VERSION,
+            },
+        )
+    return PrepareResult(plan.split, directory, "written", meta)

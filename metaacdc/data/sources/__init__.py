@@ -1,0 +1,1 @@
+"""Image sources turned into caches by ``prepare``: miniImageNet, Omniglot, synthetic."""
