@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from metaacdc.cli import data, info
+from metaacdc.cli import data, info, train
 from metaacdc.errors import ConfigError
 
-SUBCOMMANDS = (info, data)
+SUBCOMMANDS = (info, data, train)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -70,8 +70,13 @@ def episode_loader(
     check_positive_int("prefetch_factor", prefetch_factor)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     dataset = EpisodeDataset(sampler, num_episodes, start)
+    # A private generator: creating the iterator draws a seed from it, and drawing from the
+    # global one would shift the trainer's random stream (atom-drop) by a loader restart.
+    generator = torch.Generator()
     if num_workers == 0:
-        return DataLoader(dataset, batch_size=None, shuffle=False, pin_memory=pin)
+        return DataLoader(
+            dataset, batch_size=None, shuffle=False, pin_memory=pin, generator=generator
+        )
     return DataLoader(
         dataset,
         batch_size=None,
@@ -81,4 +86,5 @@ def episode_loader(
         persistent_workers=True,
         prefetch_factor=prefetch_factor,
         worker_init_fn=_worker_init,
+        generator=generator,
     )

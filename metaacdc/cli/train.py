@@ -1,0 +1,139 @@
+"""`metaacdc train`: meta-train one configuration into a run folder.
+
+Settings come from the protocol defaults, then ``--config FILE``, then the command line
+(the command line wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from metaacdc.config import DATASETS, TrainConfig, load_config_file
+from metaacdc.convs import ACDC_SHARES, KERNEL_SHARES
+from metaacdc.errors import ConfigError, check_choice
+
+#: (flag, config field, type, help); flags left unset do not override the config file.
+OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--backbone", "backbone", str, "conv4, conv6, resnet10, resnet18 or resnet34"),
+    ("--dataset", "dataset", str, f"one of {', '.join(DATASETS)} (default synthetic)"),
+    ("--data", "data", str, "a cache from `metaacdc data prepare`, or a raw source folder"),
+    ("--ways", "ways", int, "classes per task (default 5)"),
+    ("--shots", "shots", int, "support images per class (default 1)"),
+    ("--queries", "queries", int, "query images per class in training (default 16)"),
+    ("--test-queries", "test_queries", int, "query images per class at validation (15)"),
+    ("--atoms", "atoms", int, "atoms per ACDC layer (default 8)"),
+    ("--atom-drop", "atom_drop", float, "atom-drop rate (default 0.1)"),
+    ("--group-size", "group_size", int, "channels per group for the g- variants"),
+    ("--inner-lr", "inner_lr", float, "inner-loop SGD step size (default 0.01)"),
+    ("--inner-steps", "inner_steps", int, "inner-loop steps (default 5)"),
+    ("--test-inner-steps", "test_inner_steps", int, "inner steps at validation/test"),
+    ("--meta-batch", "meta_batch", int, "tasks per meta-update (default 4)"),
+    ("--meta-lr", "meta_lr", float, "Adam step size (default 1e-3)"),
+    ("--meta-updates", "meta_updates", int, "length (default 60k for 1-shot, 40k otherwise)"),
+    ("--val-every", "val_every", int, "validate every N meta-updates (default 100)"),
+    ("--val-tasks", "val_tasks", int, "validation tasks (default 100)"),
+    ("--image-size", "image_size", int, "input side (default 84 Conv, 224 ResNet, 28 Omniglot)"),
+    ("--adapt", "adapt", str, "all (MAML) or head (adapt only the classifier, ANIL)"),
+    ("--seed", "seed", int, "random seed (default 0)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    ("--workers", "workers", int, "background episode workers (default 2)"),
+)
+FLAGS = (
+    ("--first-order", "first_order", "first-order MAML (default for ResNets)"),
+    ("--meta-sgd", "meta_sgd", "learn per-parameter inner step sizes (Meta-SGD)"),
+    ("--amp", "amp", "bfloat16 autocast (CUDA)"),
+    ("--include-1x1", "include_1x1", "decompose 1x1 convs too"),
+    ("--regulators", "regulators", "kernel-sharing regulators"),
+)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("train", help="meta-train a backbone with MAML")
+    for flag, dest, kind, text in OPTIONS:
+        parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    for flag, dest, text in FLAGS:
+        parser.add_argument(flag, dest=dest, action="store_true", default=None, help=text)
+    parser.add_argument(
+        "--second-order",
+        dest="first_order",
+        action="store_false",
+        help="second-order MAML (default for Conv4/Conv6)",
+    )
+    parser.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="no train-time augmentation or test-time zoom",
+    )
+    parser.add_argument(
+        "--acdc", default=None, help=f"ACDC sharing scope: none or one of {', '.join(ACDC_SHARES)}"
+    )
+    parser.add_argument(
+        "--kernel-sharing",
+        default=None,
+        help=f"kernel-sharing baseline: none or one of {', '.join(KERNEL_SHARES)}",
+    )
+    parser.add_argument("--config", type=Path, help="YAML or TOML file of settings")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="do at most N meta-updates now (resume later)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Protocol defaults < ``--config`` file < command line."""
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for dest in [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"]:
+        if getattr(args, dest, None) is not None:
+            values[dest] = getattr(args, dest)
+    conv = _conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"))
+    if conv is not None:
+        values["conv"] = conv
+    return TrainConfig.from_dict(values, source=str(args.config or "command line"))
+
+
+def _conv_spec(acdc: str | None, kernel_sharing: str | None, group_size: int | None) -> str | None:
+    if acdc not in (None, "none") and kernel_sharing not in (None, "none"):
+        raise ConfigError("--acdc and --kernel-sharing cannot be combined; choose one")
+    if acdc is not None:
+        check_choice("--acdc", acdc, ("none", *ACDC_SHARES))
+        if acdc == "none":
+            return "plain"
+        return f"acdc-{'g-' if group_size and not acdc.startswith('g-') else ''}{acdc}"
+    if kernel_sharing is not None:
+        check_choice("--kernel-sharing", kernel_sharing, ("none", *KERNEL_SHARES))
+        return "plain" if kernel_sharing == "none" else f"ks-{kernel_sharing}"
+    return None
+
+
+def default_run_name(config: TrainConfig) -> str:
+    task = f"{config.ways}w{config.shots}s"
+    return f"{config.backbone}-{config.conv}-{config.dataset}-{task}-seed{config.seed}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaacdc.config import resolve
+    from metaacdc.training import TrainingDivergedError, train
+
+    config = resolve(config_from_args(args))
+    out = args.out or Path("runs") / default_run_name(config)
+    # a polite kill (SIGTERM, e.g. a session ending) saves a checkpoint like Ctrl-C does
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = train(config, out, resume=args.resume, stop_after=args.stop_after)
+    except TrainingDivergedError as error:
+        raise ConfigError(str(error)) from error
+    best = (
+        "none yet"
+        if summary.best_val is None
+        else f"{summary.best_val:.4f} (meta-update {summary.best_step})"
+    )
+    state = "finished" if summary.finished else f"stopped at {summary.step}; continue with --resume"
+    print(f"{summary.run_dir}: {state}; best validation accuracy {best}")
+    return 0

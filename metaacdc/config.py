@@ -1,0 +1,159 @@
+"""The training configuration: one dataclass, protocol defaults per backbone (design §5),
+loading from YAML/TOML files, and resolution of the values left to the protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+
+from metaacdc.convs import ConvKind, conv_kind
+from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
+
+DATASETS: tuple[str, ...] = ("synthetic", "miniimagenet", "omniglot")
+ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
+CONV_BACKBONES = ("conv4", "conv6")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``None`` means "the protocol default" (see :func:`resolve`)."""
+
+    backbone: str = "conv4"
+    conv: str = "plain"
+    atoms: int = 8
+    atom_drop: float = 0.1
+    group_size: int | None = None
+    include_1x1: bool = False
+    regulators: bool = False
+    dataset: str = "synthetic"
+    data: str | None = None
+    ways: int = 5
+    shots: int = 1
+    queries: int = 16
+    test_queries: int = 15
+    image_size: int | None = None
+    inner_lr: float = 0.01
+    inner_steps: int = 5
+    test_inner_steps: int | None = None
+    first_order: bool | None = None
+    adapt: str = "all"
+    meta_sgd: bool = False
+    meta_batch: int = 4
+    meta_lr: float = 1e-3
+    meta_updates: int | None = None
+    val_every: int = 100
+    val_tasks: int = 100
+    augment: bool = True
+    synthetic_images_per_class: int = 60
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (YAML- and ``torch.load(weights_only=True)``-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a ``.yaml``/``.yml`` or ``.toml`` file (keys as in :class:`TrainConfig`,
+    dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            values = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    settings: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in settings:
+            raise ConfigError(f"{path}: setting {name} is given twice")
+        settings[name] = value
+    return settings
+
+
+def protocol_meta_updates(shots: int) -> int:
+    """CloserLook's length: 60,000 meta-updates for 1-shot, 40,000 otherwise."""
+    return 60_000 if shots == 1 else 40_000
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill protocol defaults and validate every value; returns a new config."""
+    from metaacdc.backbones import list_backbones
+
+    check_choice("backbone", config.backbone, list_backbones())
+    check_choice("dataset", config.dataset, DATASETS)
+    check_choice("adapt", config.adapt, ADAPT_SCOPES)
+    for name in (
+        "ways",
+        "shots",
+        "queries",
+        "test_queries",
+        "inner_steps",
+        "meta_batch",
+        "val_every",
+        "val_tasks",
+        "atoms",
+        "synthetic_images_per_class",
+    ):
+        check_positive_int(name, getattr(config, name))
+    check_positive_int("workers", config.workers, minimum=0)
+    check_positive_int("seed", config.seed, minimum=0)
+    check_probability("atom_drop", config.atom_drop)
+    for name in ("inner_lr", "meta_lr"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{name}={value!r} is not valid; expected a positive number")
+    is_conv = config.backbone in CONV_BACKBONES
+    resolved = dataclasses.replace(
+        config,
+        image_size=config.image_size
+        or (28 if config.dataset == "omniglot" else 84 if is_conv else 224),
+        first_order=(not is_conv) if config.first_order is None else config.first_order,
+        meta_updates=config.meta_updates or protocol_meta_updates(config.shots),
+        test_inner_steps=config.test_inner_steps or config.inner_steps,
+    )
+    check_positive_int("image_size", resolved.image_size)
+    check_positive_int("meta_updates", resolved.meta_updates)
+    check_positive_int("test_inner_steps", resolved.test_inner_steps)
+    conv_kind_of(resolved)  # validates conv, atoms, group size
+    return resolved
+
+
+def conv_kind_of(config: TrainConfig) -> ConvKind:
+    """The :class:`~metaacdc.convs.ConvKind` a config describes."""
+    return conv_kind(
+        config.conv,
+        atoms=config.atoms,
+        atom_drop=config.atom_drop,
+        group_size=config.group_size,
+        include_1x1=config.include_1x1,
+        regulators=config.regulators,
+    )

@@ -1,0 +1,87 @@
+"""The meta-learner: a backbone wrapped by learn2learn's MAML (or Meta-SGD), adapting the
+whole network or only its head (ANIL-style), and the one adaptation loop every caller uses
+(training, validation, the evaluator and :mod:`metaacdc.api`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaacdc.backbones import Backbone
+from metaacdc.maml.l2l import learn2learn as l2l
+
+
+class TaskLearner:
+    """One task's copy of the model: ``learner(x)`` gives logits, ``learner.adapt(loss)``
+    takes one inner SGD step. Gradients reach the meta-parameters through the copy."""
+
+    def __init__(self, features: nn.Module | None, head: nn.Module) -> None:
+        self.features = features
+        self.head = head
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.head(x if self.features is None else self.features(x))
+
+    def adapt(self, loss: Tensor) -> None:
+        self.head.adapt(loss)  # type: ignore[operator]
+
+    def as_module(self) -> nn.Module:
+        """The adapted model as a module (``module(x)`` gives logits)."""
+        if self.features is None:
+            return self.head
+        return nn.Sequential(self.features, self.head)
+
+
+class MetaLearner(nn.Module):
+    """``model`` wrapped for meta-learning.
+
+    Args:
+        model: a :class:`~metaacdc.backbones.Backbone`.
+        inner_lr: SGD step size of the inner loop (the initial one for Meta-SGD).
+        first_order: drop second-order terms (CloserLook's ``maml_approx``).
+        adapt: ``"all"`` adapts every parameter; ``"head"`` only the linear head, the
+            features being meta-learned but frozen within a task (ANIL).
+        meta_sgd: learn one inner step size per parameter (``learn2learn.algorithms.MetaSGD``).
+    """
+
+    def __init__(
+        self,
+        model: Backbone,
+        inner_lr: float,
+        first_order: bool,
+        adapt: str = "all",
+        meta_sgd: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.adapt_scope = adapt
+        self.first_order = first_order
+        adaptable = model if adapt == "all" else model.head
+        wrapper = l2l.algorithms.MetaSGD if meta_sgd else l2l.algorithms.MAML
+        self.wrapped = wrapper(adaptable, lr=inner_lr, first_order=first_order)
+
+    def task_learner(self, first_order: bool | None = None, detached: bool = False) -> TaskLearner:
+        """A fresh copy for one task.
+
+        ``detached=True`` cuts it from the meta-parameters: adaptation then builds no graph
+        back to the stored model (evaluation), and nothing leaks into its ``.grad``.
+        """
+        order = self.first_order if first_order is None else first_order
+        head = self.wrapped.clone(first_order=order)
+        if detached:
+            l2l.utils.detach_module(head, keep_requires_grad=True)
+        features = None if self.adapt_scope == "all" else self.model.features
+        return TaskLearner(features, head)
+
+
+def adapt_task(learner: TaskLearner, support_x: Tensor, support_y: Tensor, steps: int) -> None:
+    """``steps`` inner SGD steps on the support set's cross-entropy, in place."""
+    for _ in range(steps):
+        learner.adapt(F.cross_entropy(learner(support_x), support_y))
+
+
+@torch.no_grad()
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of ``argmax(logits) == labels``."""
+    return (logits.argmax(1) == labels).float().mean().item()

@@ -1,0 +1,282 @@
+"""The training loop: episodes in background workers, meta-updates, validation, checkpoints,
+and resumption that continues a killed run to the same result as an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metaacdc.checkpoint import load_checkpoint
+from metaacdc.config import TrainConfig, resolve
+from metaacdc.data import Episode, EpisodeSampler, episode_loader
+from metaacdc.errors import ConfigError
+from metaacdc.experiment import (
+    build_model,
+    data_facts,
+    evaluation_transform,
+    open_splits,
+    training_transform,
+)
+from metaacdc.maml.learner import MetaLearner
+from metaacdc.runfolder import RunFolder, save_learner
+from metaacdc.training.step import meta_train_step
+from metaacdc.training.validation import mean_and_ci95, validation_accuracies
+
+#: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
+VALIDATION_SEED = 0
+#: Settings that may differ when a run is resumed (they do not change its result on CPU).
+RUNTIME_SETTINGS = ("device", "workers")
+METRICS = ("step", "loss", "accuracy", "val_accuracy", "val_ci95", "tasks_per_s", "elapsed_s")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The meta-loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"meta-loss is {loss} at meta-update {step}; stopped, the last good checkpoint is "
+            "kept (try a lower --inner-lr or meta_lr)"
+        )
+        self.step = step
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Where a run stands after :func:`train` returns."""
+
+    run_dir: Path
+    step: int
+    meta_updates: int
+    best_val: float | None
+    best_step: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.meta_updates
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device={name!r} is not valid; use auto, cpu or cuda[:N]") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def _check_same_run(saved: dict, config: TrainConfig, where: Path) -> None:
+    current = config.to_dict()
+    different = [
+        f"{key}: {saved.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if key not in RUNTIME_SETTINGS and saved.get(key) != current[key]
+    ]
+    if different:
+        raise ConfigError(
+            f"{where} was trained with other settings ({'; '.join(different)}); resume with "
+            "the same settings or choose another --out"
+        )
+
+
+def _meta_batches(episodes: Iterator[Episode], size: int) -> Iterator[list[Episode]]:
+    batch: list[Episode] = []
+    for episode in episodes:
+        batch.append(episode)
+        if len(batch) == size:
+            yield batch
+            batch = []
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Meta-train ``config`` into run folder ``out`` (see :mod:`metaacdc.runfolder`).
+
+    Args:
+        config: the run's settings (protocol defaults are filled in by ``resolve``).
+        out: run folder; refused if it already holds a run, unless ``resume``.
+        resume: continue the run in ``out`` from its last checkpoint.
+        stop_after: do at most this many meta-updates in this call (a session's share of
+            a long run); the run can be resumed later.
+        progress: show a progress bar.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf.
+        KeyboardInterrupt: after saving a checkpoint of the last completed meta-update.
+    """
+    config = resolve(config)
+    folder = RunFolder(Path(out))
+    payload = None
+    if folder.last.is_file():
+        if not resume:
+            raise ConfigError(
+                f"{folder.root} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        payload = load_checkpoint(folder.last)
+        _check_same_run(payload["config"], config, folder.root)
+    elif resume:
+        raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
+    assert config.meta_updates is not None and config.test_inner_steps is not None
+
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    splits = open_splits(config, ("train", "val"))
+    data = data_facts(splits["train"])
+    model = build_model(config, splits["train"].channels)
+    learner = MetaLearner(
+        model, config.inner_lr, bool(config.first_order), config.adapt, config.meta_sgd
+    ).to(device)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
+    step, best_val, best_step = 0, None, None
+    if payload is not None:
+        learner.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        step, best_val, best_step = payload["step"], payload["best_val"], payload["best_step"]
+    else:
+        folder.write_config(config)
+        with folder.metrics.open("w", newline="") as stream:
+            csv.writer(stream).writerow(METRICS)
+
+    def save(path: Path, at_step: int, rng: torch.Tensor | None = None) -> None:
+        save_learner(
+            path,
+            config=config,
+            data=data,
+            step=at_step,
+            learner=learner,
+            optimizer=optimizer,
+            best_val=best_val,
+            best_step=best_step,
+            rng=rng,
+        )
+
+    train_sampler = EpisodeSampler(
+        splits["train"],
+        config.ways,
+        config.shots,
+        config.queries,
+        config.seed,
+        transform=training_transform(config),
+    )
+    val_sampler = EpisodeSampler(
+        splits["val"],
+        config.ways,
+        config.shots,
+        config.test_queries,
+        VALIDATION_SEED,
+        transform=evaluation_transform(config),
+    )
+    remaining = config.meta_updates - step
+    if stop_after is not None:
+        remaining = min(remaining, stop_after)
+    log = _Log(folder.log)
+    log(
+        f"{'resuming at' if payload else 'starting'} meta-update {step} of "
+        f"{config.meta_updates} on {device}"
+    )
+    if remaining <= 0:
+        return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
+
+    loader = episode_loader(
+        train_sampler,
+        remaining * config.meta_batch,
+        start=step * config.meta_batch,
+        num_workers=config.workers,
+    )
+    bar = tqdm(
+        total=config.meta_updates,
+        initial=step,
+        disable=not progress,
+        unit="update",
+        dynamic_ncols=True,
+    )
+    started, tasks_done = time.perf_counter(), 0
+    learner.train()
+    rng_before = torch.get_rng_state()
+    try:
+        for tasks in _meta_batches(iter(loader), config.meta_batch):
+            rng_before = torch.get_rng_state()
+            stats = meta_train_step(
+                learner, tasks, optimizer, config.inner_steps, device, config.amp
+            )
+            if not math.isfinite(stats.loss):
+                raise TrainingDivergedError(step + 1, stats.loss)
+            step += 1
+            tasks_done += len(tasks)
+            rate = tasks_done / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{stats.loss:.3f}",
+                acc=f"{stats.accuracy:.3f}",
+                tasks_s=f"{rate:.2f}",
+                best=best_val,
+            )
+            finishing = step == config.meta_updates or tasks_done == remaining * config.meta_batch
+            if step % config.val_every == 0 or finishing:
+                accuracies = validation_accuracies(
+                    learner, val_sampler, config.val_tasks, config.test_inner_steps, device
+                )
+                val, ci = mean_and_ci95(accuracies)
+                improved = best_val is None or val > best_val
+                if improved:
+                    best_val, best_step = val, step
+                row = (
+                    step,
+                    stats.loss,
+                    stats.accuracy,
+                    val,
+                    ci,
+                    rate,
+                    time.perf_counter() - started,
+                )
+                with folder.metrics.open("a", newline="") as stream:
+                    csv.writer(stream).writerow(row)
+                log(
+                    f"meta-update {step}: loss {stats.loss:.4f} train acc {stats.accuracy:.3f} "
+                    f"val acc {val:.4f} ± {ci:.4f}{' (best)' if improved else ''}"
+                )
+                if improved:
+                    save(folder.best, step)
+                save(folder.last, step)
+    except KeyboardInterrupt:
+        # the interrupted meta-update is discarded: save the state before it began
+        save(folder.last, step, rng=rng_before)
+        log(f"interrupted; saved meta-update {step} to {folder.last}")
+        raise
+    finally:
+        bar.close()
+    return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
+
+
+class _Log:
+    """Appends time-stamped lines to the run's log.txt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        with self.path.open("a") as stream:
+            stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+__all__ = ["METRICS", "RunSummary", "TrainingDivergedError", "select_device", "train"]
