@@ -1,7 +1,28 @@
 """metaacdc: MAML over ACDC (atom-coefficient decomposed convolution) backbones."""
 
+from typing import TYPE_CHECKING, Any
+
 from metaacdc.backbones import create_backbone, list_backbones, register_backbone
 from metaacdc.convs import ConvKind, conv_kind
 
+if TYPE_CHECKING:
+    from metaacdc.api import load
+
 __version__ = "0.1.0"
-__all__ = ["ConvKind", "conv_kind", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "ConvKind",
+    "conv_kind",
+    "create_backbone",
+    "list_backbones",
+    "load",
+    "register_backbone",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # `load` pulls in learn2learn (seconds to import): only when first asked for
+    if name == "load":
+        from metaacdc.api import load
+
+        return load
+    raise AttributeError(f"module 'metaacdc' has no attribute {name!r}")

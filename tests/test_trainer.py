@@ -101,6 +101,18 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good(tmp_path: Path, monk
     assert torch.load(RunFolder(tmp_path / "run").last, weights_only=True)["step"] == 4
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [{"meta_sgd": True}, {"adapt": "head"}, {"first_order": True}, {"conv": "ks-net"}],
+    ids=["meta-sgd", "head-only", "first-order", "kernel-sharing"],
+)
+def test_variants_train(tmp_path: Path, variant: dict) -> None:
+    summary = train(tiny(meta_updates=2, **variant), tmp_path / "run", progress=False)
+    assert summary.finished and summary.best_val is not None
+    payload = torch.load(RunFolder(tmp_path / "run").last, weights_only=True)
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
 def test_existing_run_needs_resume_and_same_settings(tmp_path: Path) -> None:
     train(tiny(meta_updates=2), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):

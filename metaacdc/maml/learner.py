@@ -4,6 +4,8 @@ whole network or only its head (ANIL-style), and the one adaptation loop every c
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,15 +18,19 @@ class TaskLearner:
     """One task's copy of the model: ``learner(x)`` gives logits, ``learner.adapt(loss)``
     takes one inner SGD step. Gradients reach the meta-parameters through the copy."""
 
-    def __init__(self, features: nn.Module | None, head: nn.Module) -> None:
+    def __init__(self, features: nn.Module | None, head: nn.Module, first_order: bool) -> None:
         self.features = features
         self.head = head
+        self.first_order = first_order
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.head(x if self.features is None else self.features(x))
 
     def adapt(self, loss: Tensor) -> None:
-        self.head.adapt(loss)  # type: ignore[operator]
+        with warnings.catch_warnings():
+            # learn2learn's Meta-SGD update reads .grad of non-leaf tensors (harmless)
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor")
+            self.head.adapt(loss, first_order=self.first_order)  # type: ignore[operator]
 
     def as_module(self) -> nn.Module:
         """The adapted model as a module (``module(x)`` gives logits)."""
@@ -68,11 +74,11 @@ class MetaLearner(nn.Module):
         back to the stored model (evaluation), and nothing leaks into its ``.grad``.
         """
         order = self.first_order if first_order is None else first_order
-        head = self.wrapped.clone(first_order=order)
+        head = self.wrapped.clone()  # MAML and MetaSGD; the order is chosen in adapt()
         if detached:
             l2l.utils.detach_module(head, keep_requires_grad=True)
         features = None if self.adapt_scope == "all" else self.model.features
-        return TaskLearner(features, head)
+        return TaskLearner(features, head, order)
 
 
 def adapt_task(learner: TaskLearner, support_x: Tensor, support_y: Tensor, steps: int) -> None:

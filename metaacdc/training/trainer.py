@@ -185,6 +185,8 @@ def train(
         config.test_queries,
         VALIDATION_SEED,
         transform=evaluation_transform(config),
+        mean=data["mean"],  # the model sees every split normalised like its training data
+        std=data["std"],
     )
     remaining = config.meta_updates - step
     if stop_after is not None:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from metaacdc.data import EpisodeSampler
+from metaacdc.evaluation import confidence_95
 from metaacdc.maml.learner import MetaLearner, adapt_task
 
 
@@ -35,5 +36,5 @@ def validation_accuracies(
 
 
 def mean_and_ci95(accuracies: np.ndarray) -> tuple[float, float]:
-    """Mean and 1.96 * std / sqrt(n) (CloserLook's interval, population std)."""
-    return float(accuracies.mean()), float(1.96 * accuracies.std() / np.sqrt(len(accuracies)))
+    """Mean and 95% interval half-width, as the evaluator reports them."""
+    return float(accuracies.mean()), confidence_95(accuracies)

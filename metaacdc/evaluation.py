@@ -1,0 +1,132 @@
+"""The evaluator: accuracy over many test tasks, mean ± 95% confidence interval (design §5).
+
+Each task is adapted by :meth:`metaacdc.api.Learner.adapt` (the adaptation API's own code
+path: first-order, on a copy detached from the model) and its queries classified without
+autograd. Tasks are independent: a fresh copy per task, and batch-norm statistics come from
+the task's own support or query batch (no running statistics), so the result does not
+depend on task order.
+
+Accuracies are fractions in ``[0, 1]`` everywhere in this module (``EvalResult`` fields,
+CSV columns); tables printed by the CLI show them in percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from metaacdc.api import Learner
+from metaacdc.data.loader import IndexedSampler, episode_loader
+from metaacdc.data.sampler import Episode
+from metaacdc.errors import check_positive_int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-task accuracies and their summary.
+
+    Attributes:
+        accuracies: ``(T,)`` float64 query accuracy of each task, a fraction in ``[0, 1]``.
+        mean: mean of ``accuracies``.
+        ci95: half-width of the 95% confidence interval, ``1.96 * std / sqrt(T)`` with the
+            population std (``np.std``, as CloserLook's ``test.py``).
+    """
+
+    accuracies: np.ndarray
+    mean: float
+    ci95: float
+
+    @classmethod
+    def from_accuracies(cls, accuracies: Iterable[float]) -> EvalResult:
+        """Summarise per-task accuracies (fractions)."""
+        values = np.asarray(list(accuracies), dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("no task accuracies to summarise")
+        return cls(values, float(values.mean()), confidence_95(values))
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}% over {len(self.accuracies)} tasks"
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per task (``task``, ``accuracy``), then summary rows whose
+        ``task`` is ``mean`` and ``ci95``. ``pandas.read_csv(path)`` reads it back; the
+        per-task rows are those whose ``task`` is a number.
+
+        Returns:
+            The path written (parent folders are created).
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = pd.DataFrame(
+            {"task": [str(i) for i in range(len(self.accuracies))], "accuracy": self.accuracies}
+        )
+        summary = pd.DataFrame({"task": ["mean", "ci95"], "accuracy": [self.mean, self.ci95]})
+        pd.concat([rows, summary]).to_csv(path, index=False, float_format="%.10g")
+        return path
+
+
+def confidence_95(accuracies: np.ndarray) -> float:
+    """``1.96 * np.std(accuracies) / sqrt(len(accuracies))`` (population std)."""
+    return float(1.96 * np.std(accuracies) / np.sqrt(len(accuracies)))
+
+
+def task_accuracy(learner: Learner, episode: Episode, inner_steps: int | None = None) -> float:
+    """Query accuracy (fraction) of ``learner`` adapted to one episode's support set."""
+    support_x, support_y, query_x, query_y = (t.to(learner.device) for t in episode[:4])
+    model = learner.adapt(support_x, support_y, steps=inner_steps)
+    with torch.inference_mode():
+        predicted = model(query_x).argmax(1)
+        return (predicted == query_y).double().mean().item()
+
+
+def evaluate(
+    learner: Learner,
+    sampler: IndexedSampler,
+    tasks: int,
+    *,
+    inner_steps: int | None = None,
+    progress: bool = True,
+    workers: int = 0,
+) -> EvalResult:
+    """Mean query accuracy of ``learner`` over episodes ``0 .. tasks-1`` of ``sampler``.
+
+    Args:
+        learner: from :func:`metaacdc.load`.
+        sampler: anything with ``episode(i)``: an ``EpisodeSampler`` (built with the run's
+            evaluation transform) or a ``ManifestSampler``.
+        tasks: number of tasks (3,000 in the protocol).
+        inner_steps: adaptation steps; default the run's ``test_inner_steps``.
+        progress: show a progress bar with the running mean.
+        workers: background processes preparing episodes (0: in this process).
+
+    Returns:
+        The per-task accuracies and their mean ± 95% CI (fractions).
+
+    Raises:
+        ConfigError: ``tasks`` or ``inner_steps`` invalid, or a task the learner cannot
+            take (more ways than its head).
+    """
+    check_positive_int("tasks", tasks)
+    if inner_steps is not None:
+        check_positive_int("inner_steps", inner_steps, minimum=0)
+    episodes: Iterable[Episode]
+    if workers > 0:
+        episodes = episode_loader(sampler, tasks, num_workers=workers)
+    else:
+        check_positive_int("workers", workers, minimum=0)
+        episodes = (sampler.episode(i) for i in range(tasks))
+    accuracies = np.empty(tasks, dtype=np.float64)
+    bar = tqdm(total=tasks, desc="evaluating", unit="task", disable=not progress, leave=False)
+    with bar:
+        for i, episode in enumerate(episodes):
+            accuracies[i] = task_accuracy(learner, episode, inner_steps)
+            bar.update()
+            if progress and (i % 10 == 9 or i == tasks - 1):
+                bar.set_postfix_str(f"acc {100 * accuracies[: i + 1].mean():.2f}%")
+    return EvalResult.from_accuracies(accuracies)
