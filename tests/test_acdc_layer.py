@@ -76,12 +76,14 @@ def test_dense_kernel_matches_reference() -> None:
         torch.testing.assert_close(layer.dense_kernel(), reference_dense_kernel(layer).detach())
 
 
-def test_auto_path_picks_atoms_only_when_clearly_cheaper() -> None:
-    x = torch.randn(2, 64, 8, 8)
-    few_atoms = ACDCConv2d(64, 64, 3, padding=1, atoms=2)
-    many_atoms = ACDCConv2d(64, 64, 3, padding=1, atoms=8)
-    assert few_atoms._atom_path_is_cheaper(x)
-    assert not many_atoms._atom_path_is_cheaper(x)
+def test_auto_path_prefers_atoms_for_small_maps_and_large_kernels() -> None:
+    deep = ACDCConv2d(512, 512, 3, padding=1, atoms=8)
+    assert deep._atom_path_is_cheaper(torch.empty(20, 512, 3, 3))
+    assert not deep._atom_path_is_cheaper(torch.empty(20, 512, 21, 21))
+    shallow = ACDCConv2d(64, 64, 3, padding=1, atoms=8)
+    assert not shallow._atom_path_is_cheaper(torch.empty(20, 64, 21, 21))
+    grouped = ACDCConv2d(64, 64, 3, padding=1, atoms=8, group_size=16)
+    assert not grouped._atom_path_is_cheaper(torch.empty(20, 64, 21, 21))
 
 
 class TestAtomDrop:

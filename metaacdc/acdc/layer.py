@@ -198,9 +198,12 @@ class ACDCConv2d(nn.Module):
         coef = self._coefficient_slice()
         kh, kw = self.kernel_size
         if self.layout is None:
-            return (coef.reshape(rows * cols, self.num_atoms) @ atoms.reshape(-1, kh * kw)).view(
-                rows, cols, kh, kw
-            )
+            flat_atoms = atoms.reshape(-1, kh * kw)
+            if coef.is_contiguous():
+                kernel = coef.reshape(rows * cols, self.num_atoms) @ flat_atoms
+            else:  # a slice of a shared tensor: one product per row, without copying it
+                kernel = torch.bmm(coef, flat_atoms.expand(rows, -1, -1))
+            return kernel.view(rows, cols, kh, kw)
         return torch.einsum("oim,umk->uoik", coef, atoms.flatten(2)).reshape(
             self.layout.units, rows, cols, kh, kw
         )
@@ -237,10 +240,8 @@ class ACDCConv2d(nn.Module):
             y = y + self.bias.view(1, -1, 1, 1)
         return y
 
-    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int] | str]:
-        """Apply a non-zero padding mode explicitly, as ``nn.Conv2d`` does."""
-        if self.padding_mode == "zeros":
-            return x, self.padding
+    def _explicit_padding(self) -> list[int]:
+        """``F.pad`` amounts (left, right, top, bottom) of the layer's padding spec."""
         pads: list[int] = []
         for k, d, p in zip(
             reversed(self.kernel_size), reversed(self.dilation), reversed(self._int_padding())
@@ -250,7 +251,13 @@ class ACDCConv2d(nn.Module):
                 pads += [total // 2, total - total // 2]
             else:
                 pads += [p, p]
-        return F.pad(x, pads, mode=self.padding_mode), (0, 0)
+        return pads
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int] | str]:
+        """Apply a non-zero padding mode explicitly, as ``nn.Conv2d`` does."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        return F.pad(x, self._explicit_padding(), mode=self.padding_mode), (0, 0)
 
     def _int_padding(self) -> tuple[int, int]:
         if self.padding == "valid":
@@ -261,41 +268,79 @@ class ACDCConv2d(nn.Module):
         return self.padding
 
     def _atom_path_is_cheaper(self, x: Tensor) -> bool:
-        """Multiply-add count of both paths; the atom path must win by 2x because it writes
-        an ``m``-times wider intermediate feature map."""
+        """Cost of both paths for this input: multiply-adds plus, weighted by
+        ``MEMORY_WEIGHT``, the floats each path moves besides the convolution itself.
+
+        The kernel path rebuilds ``K`` and its gradient (about six passes over an array of
+        ``K``'s size); the atom path unfolds the input and writes an ``m``-times wider
+        intermediate. So the atom path wins where feature maps are small and kernels large
+        (deep layers, small batches), the kernel path everywhere else.
+        """
         kh, kw = self.kernel_size
-        sh, sw = self.stride
-        positions = x.shape[0] * (x.shape[-2] // sh) * (x.shape[-1] // sw)
-        rows, cols = self.unit_shape
-        units = 1 if self.layout is None else self.layout.units
-        groups = self.groups if self.layout is None else units
-        m = self.num_atoms
+        taps, m = kh * kw, self.num_atoms
+        positions = (
+            x.shape[0]
+            * _out_size(x.shape[-2], kh, self.stride[0])
+            * _out_size(x.shape[-1], kw, self.stride[1])
+        )
+        c_in, c_out = self.in_channels, self.out_channels
+        per_group_in = c_in // self.conv_groups
+        conv = positions * c_out * per_group_in * taps
+        if self.layout is not None:  # grouped: multiply-adds only, atom path must win by 2x
+            layout = self.layout
+            s = layout.group_size
+            kernel_cost = layout.units * s * s * m * taps + conv
+            atom_cost = positions * (
+                c_in * layout.out_repeat * m * taps + layout.mixing_groups * s * s * m
+            )
+            return 2 * atom_cost < kernel_cost
         kernel_cost = (
-            units * rows * cols * m * kh * kw
-            + positions * self.out_channels * (self.in_channels // self.conv_groups) * kh * kw
+            conv
+            + c_out * per_group_in * m * taps
+            + MEMORY_WEIGHT * 6 * c_out * per_group_in * max(m, taps)
         )
-        atom_fanout = 1 if self.layout is None else self.layout.out_repeat
-        atom_cost = positions * (
-            self.in_channels * atom_fanout * m * kh * kw + groups * rows * cols * m
-        )
-        return 2 * atom_cost < kernel_cost
+        atom_cost = positions * c_in * m * (
+            taps + c_out // self.conv_groups
+        ) + MEMORY_WEIGHT * 6 * positions * c_in * (taps + m)
+        return atom_cost < kernel_cost
 
     def _forward_atoms(self, x: Tensor, atoms: Tensor, padding: tuple[int, int] | str) -> Tensor:
-        """Atom sub-layer (depthwise, every input channel with every atom) then 1x1 mixing."""
+        """Atom sub-layer (every input channel with every atom) then the coefficient
+        sub-layer (a 1x1 convolution mixing channels and atoms)."""
         kh, kw = self.kernel_size
         m = self.num_atoms
         rows, cols = self.unit_shape
-        coef = self._coefficient_slice().reshape(rows, cols * m, 1, 1)
+        coef = self._coefficient_slice().reshape(rows, cols * m)
         if self.layout is None:
-            depthwise = atoms.repeat(self.in_channels, 1, 1).unsqueeze(1)
-            z = F.conv2d(x, depthwise, None, self.stride, padding, self.dilation, self.in_channels)
-            return F.conv2d(z, coef, None, 1, 0, 1, self.groups)
+            return self._forward_atoms_unfolded(x, atoms, coef, padding)
         layout = self.layout
         depthwise = layout.depthwise_atoms(atoms).view(-1, 1, kh, kw)
         z = F.conv2d(x, depthwise, None, self.stride, padding, self.dilation, self.in_channels)
         z = layout.order_for_mixing(z, m)
-        mixing = layout.mixing_weight(coef.view(rows, cols * m))
+        mixing = layout.mixing_weight(coef)
         return F.conv2d(z, mixing, None, 1, 0, 1, layout.mixing_groups)
+
+    def _forward_atoms_unfolded(
+        self, x: Tensor, atoms: Tensor, coef: Tensor, padding: tuple[int, int] | str
+    ) -> Tensor:
+        """The two sub-layers as two matrix products over the unfolded input, which avoids
+        a depthwise convolution with ``c_in * m`` outputs (slow on CPU)."""
+        if isinstance(padding, str):
+            x, padding = F.pad(x, self._explicit_padding()), (0, 0)
+        n, c_in = x.shape[:2]
+        kh, kw = self.kernel_size
+        g, m = self.groups, self.num_atoms
+        columns = F.unfold(x, (kh, kw), self.dilation, padding, self.stride)
+        length = columns.shape[-1]
+        taps = columns.view(n, c_in, kh * kw, length)
+        z = torch.einsum("mt,nctl->ncml", atoms.reshape(m, kh * kw), taps)
+        y = torch.einsum(
+            "gok,ngkl->ngol",
+            coef.view(g, self.out_channels // g, -1),
+            z.reshape(n, g, -1, length),
+        )
+        height = _out_size(x.shape[-2], kh, self.stride[0], padding[0], self.dilation[0])
+        return y.reshape(n, self.out_channels, height, length // height)
 
     # ----------------------------------------------------------------- tests
     @torch.no_grad()
@@ -321,6 +366,17 @@ class ACDCConv2d(nn.Module):
         if self.bias is None:
             text += ", bias=False"
         return text
+
+
+#: Multiply-adds one moved float is worth in the path choice (a CPU-calibrated heuristic).
+MEMORY_WEIGHT = 8
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int = -1, dilation: int = 1) -> int:
+    """Output length of a convolution; ``padding=-1`` assumes "same"-like padding."""
+    if padding < 0:
+        return max(1, (size + stride - 1) // stride)
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def init_coefficients(coefficients: Tensor) -> Tensor:
