@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -211,6 +212,7 @@ def train(
         disable=not progress,
         unit="update",
         dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
     )
     started, tasks_done = time.perf_counter(), 0
     learner.train()
@@ -228,6 +230,7 @@ def train(
             rate = tasks_done / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(
+                refresh=False,
                 loss=f"{stats.loss:.3f}",
                 acc=f"{stats.accuracy:.3f}",
                 tasks_s=f"{rate:.2f}",
