@@ -10,10 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from metaacdc.cli import data, evaluate, info, train
+from metaacdc.cli import curve, data, evaluate, info, train
 from metaacdc.errors import ConfigError
 
-SUBCOMMANDS = (info, data, train, evaluate)
+SUBCOMMANDS = (info, data, train, evaluate, curve)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metaacdc.errors import ConfigError, check_choice, check_positive_int
+from metaacdc.errors import check_choice, check_positive_int
 
 if TYPE_CHECKING:
-    from metaacdc.api import Learner
-    from metaacdc.data import CachedSplit
+    pass
 
 SPLITS = ("train", "val", "test")
 
@@ -61,59 +59,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.run.is_dir():
         raise FileNotFoundError(f"{args.run}: run folder not found")
 
-    from metaacdc.api import load  # learn2learn takes seconds to import: after the checks
-    from metaacdc.data import EpisodeSampler, ManifestSampler, load_manifest
-    from metaacdc.evaluation import evaluate
-    from metaacdc.experiment import evaluation_transform
-    from metaacdc.runfolder import RunFolder
+    from metaacdc.run_evaluation import evaluate_run  # imports learn2learn: after the checks
 
-    learner = load(args.run, device=args.device)
-    config = learner.config
-    split = _open_split(learner, args.data, args.split)
-    transform = evaluation_transform(config)
-    mean, std = learner.data["mean"], learner.data["std"]  # the run's, as the API uses
-    sampler: EpisodeSampler | ManifestSampler
-    if args.episodes is not None:
-        manifest = load_manifest(args.episodes)
-        ways, shots = int(manifest.header["ways"]), int(manifest.header["shots"])
-        if ways > learner.ways:
-            raise ConfigError(
-                f"{args.episodes}: {ways}-way tasks but the run's head has {learner.ways} "
-                f"outputs; use a manifest of at most {learner.ways} ways"
-            )
-        tasks = len(manifest) if args.tasks is None else args.tasks
-        if tasks > len(manifest):
-            raise ConfigError(
-                f"--tasks={tasks} but {args.episodes} holds {len(manifest)} tasks; "
-                f"use --tasks <= {len(manifest)}"
-            )
-        sampler = ManifestSampler(split, manifest, transform=transform, mean=mean, std=std)
-        tag = _manifest_stem(args.episodes)
-    else:
-        ways, shots = config.ways, config.shots
-        tasks = 3000 if args.tasks is None else args.tasks
-        sampler = EpisodeSampler(
-            split,
-            ways=ways,
-            shots=shots,
-            queries=config.test_queries,
-            seed=args.seed,
-            transform=transform,
-            mean=mean,
-            std=std,
-        )
-        tag = f"seed{args.seed}"
-    steps = config.test_inner_steps if args.inner_steps is None else args.inner_steps
-    result = evaluate(
-        learner,
-        sampler,
-        tasks,
-        inner_steps=steps,
-        progress=not args.no_progress and sys.stderr.isatty(),
+    outcome = evaluate_run(
+        args.run,
+        tasks=args.tasks,
+        episodes=args.episodes,
+        inner_steps=args.inner_steps,
+        data=args.data,
+        split=args.split,
+        seed=args.seed,
+        device=args.device,
         workers=args.workers,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
-    csv = RunFolder(args.run).evaluations / f"{args.split}-{tag}-{tasks}tasks-{steps}steps.csv"
-    result.to_csv(csv)
+    config, result, csv = outcome.config, outcome.result, outcome.csv
+    ways, shots, tasks = outcome.ways, outcome.shots, outcome.tasks
     rows = [
         ("run", "backbone", "conv", "ways", "shots", "tasks", "accuracy (%)"),
         (
@@ -131,38 +92,3 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print(f"per-task accuracies: {csv}")
     return 0
-
-
-def _open_split(learner: Learner, data: str | None, name: str) -> CachedSplit:
-    """The split to evaluate on: ``--data`` (a cache, or a source prepared on first use) or
-    the run's own data; refused when its images do not fit the model."""
-    from metaacdc.data import is_complete, open_split
-    from metaacdc.experiment import open_splits
-
-    config = learner.config
-    if data is not None and is_complete(Path(data) / name):
-        split = open_split(Path(data) / name)
-    else:
-        if data is not None:
-            config = dataclasses.replace(config, data=data)
-        split = open_splits(config, (name,))[name]
-    if split.channels != learner.channels or split.meta.image_size != learner.image_size:
-        raise ConfigError(
-            f"the {split.describe()} holds {split.channels}-channel "
-            f"{split.meta.image_size}px images but the run takes {learner.channels}-channel "
-            f"{learner.image_size}px images; give --data of the run's kind and size"
-        )
-    if split.meta.source != learner.data["source"]:
-        print(
-            f"note: evaluating a run trained on {learner.data['source']} data on "
-            f"{split.describe()}",
-            file=sys.stderr,
-        )
-    return split
-
-
-def _manifest_stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".gz", ".json"):
-        name = name.removesuffix(suffix)
-    return name

@@ -1,0 +1,133 @@
+"""Evaluating a run folder: tasks from its test split (or a frozen manifest), the
+evaluator, and the CSV written under ``RUN_DIR/eval/``. Shared by ``metaacdc evaluate`` and
+``metaacdc curve``."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from metaacdc.api import Learner, load
+from metaacdc.config import TrainConfig
+from metaacdc.data import CachedSplit, EpisodeSampler, ManifestSampler, load_manifest
+from metaacdc.errors import ConfigError
+from metaacdc.evaluation import EvalResult, evaluate
+from metaacdc.experiment import evaluation_transform
+from metaacdc.runfolder import RunFolder
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """What :func:`evaluate_run` measured and where it wrote it."""
+
+    config: TrainConfig
+    result: EvalResult
+    csv: Path
+    ways: int
+    shots: int
+    tasks: int
+
+
+def evaluate_run(
+    run: Path,
+    *,
+    tasks: int | None = None,
+    episodes: Path | None = None,
+    inner_steps: int | None = None,
+    data: str | None = None,
+    split: str = "test",
+    seed: int = 0,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> RunEvaluation:
+    """Evaluate run folder ``run`` on ``tasks`` tasks (default 3000, or a whole manifest)
+    and write the per-task CSV to ``RUN_DIR/eval/<split>-<seed or manifest>-<n>tasks-<k>steps
+    .csv``; the run's own normalisation and test-time transform are used."""
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"{run}: run folder not found")
+    learner = load(run, device=device)
+    config = learner.config
+    cached = _open_split(learner, data, split)
+    transform = evaluation_transform(config)
+    mean, std = learner.data["mean"], learner.data["std"]  # the run's, as the API uses
+    sampler: EpisodeSampler | ManifestSampler
+    if episodes is not None:
+        manifest = load_manifest(episodes)
+        ways, shots = int(manifest.header["ways"]), int(manifest.header["shots"])
+        if ways > learner.ways:
+            raise ConfigError(
+                f"{episodes}: {ways}-way tasks but the run's head has {learner.ways} "
+                f"outputs; use a manifest of at most {learner.ways} ways"
+            )
+        tasks = len(manifest) if tasks is None else tasks
+        if tasks > len(manifest):
+            raise ConfigError(
+                f"--tasks={tasks} but {episodes} holds {len(manifest)} tasks; "
+                f"use --tasks <= {len(manifest)}"
+            )
+        sampler = ManifestSampler(cached, manifest, transform=transform, mean=mean, std=std)
+        tag = _manifest_stem(episodes)
+    else:
+        ways, shots = config.ways, config.shots
+        tasks = 3000 if tasks is None else tasks
+        sampler = EpisodeSampler(
+            cached,
+            ways=ways,
+            shots=shots,
+            queries=config.test_queries,
+            seed=seed,
+            transform=transform,
+            mean=mean,
+            std=std,
+        )
+        tag = f"seed{seed}"
+    steps = config.test_inner_steps if inner_steps is None else inner_steps
+    result = evaluate(
+        learner,
+        sampler,
+        tasks,
+        inner_steps=steps,
+        progress=progress,
+        workers=workers,
+    )
+    csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
+    result.to_csv(csv)
+    return RunEvaluation(config, result, csv, ways, shots, tasks)
+
+
+def _open_split(learner: Learner, data: str | None, name: str) -> CachedSplit:
+    """The split to evaluate on: ``--data`` (a cache, or a source prepared on first use) or
+    the run's own data; refused when its images do not fit the model."""
+    from metaacdc.data import is_complete, open_split
+    from metaacdc.experiment import open_splits
+
+    config = learner.config
+    if data is not None and is_complete(Path(data) / name):
+        split = open_split(Path(data) / name)
+    else:
+        if data is not None:
+            config = dataclasses.replace(config, data=data)
+        split = open_splits(config, (name,))[name]
+    if split.channels != learner.channels or split.meta.image_size != learner.image_size:
+        raise ConfigError(
+            f"the {split.describe()} holds {split.channels}-channel "
+            f"{split.meta.image_size}px images but the run takes {learner.channels}-channel "
+            f"{learner.image_size}px images; give --data of the run's kind and size"
+        )
+    if split.meta.source != learner.data["source"]:
+        print(
+            f"note: evaluating a run trained on {learner.data['source']} data on "
+            f"{split.describe()}",
+            file=sys.stderr,
+        )
+    return split
+
+
+def _manifest_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".json"):
+        name = name.removesuffix(suffix)
+    return name
