@@ -208,17 +208,11 @@ def test_cli_refuses_incompatible_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_few_hundred_updates_beat_chance_on_synthetic(tmp_path: Path) -> None:
-    config = TrainConfig(
-        image_size=28,
-        meta_updates=300,
-        val_every=100,
-        val_tasks=50,
-        workers=2,
-        inner_steps=1,
-        inner_lr=0.1,
-        first_order=True,
-        synthetic_images_per_class=30,
-    )
+def test_demo_configuration_learns_well_above_chance(tmp_path: Path) -> None:
+    """`make demo`'s settings (configs/demo.yaml): 200 updates reach well above 20 % chance."""
+    from metaacdc.config import load_config_file
+    from tests.conftest import REPO
+
+    config = TrainConfig.from_dict(load_config_file(REPO / "configs" / "demo.yaml"))
     summary = train(config, tmp_path / "run", progress=False)
-    assert summary.best_val is not None and summary.best_val > 0.4  # chance is 0.2
+    assert summary.best_val is not None and summary.best_val > 0.35
