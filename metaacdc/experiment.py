@@ -12,6 +12,7 @@ from metaacdc.backbones import Backbone, create_backbone
 from metaacdc.config import TrainConfig, conv_kind_of
 from metaacdc.data import (
     CachedSplit,
+    EpisodeSampler,
     EvalTransform,
     TrainTransform,
     eval_transform,
@@ -90,6 +91,24 @@ def training_transform(config: TrainConfig) -> TrainTransform | None:
 def evaluation_transform(config: TrainConfig) -> EvalTransform | None:
     """The test-time transform of a run (validation, evaluation, adaptation API)."""
     return eval_transform() if uses_image_transforms(config) else None
+
+
+def evaluation_sampler(
+    config: TrainConfig, split: CachedSplit, data: dict[str, Any], seed: int
+) -> EpisodeSampler:
+    """Test-time tasks of a run (validation and evaluation): its task shape with
+    ``test_queries``, its test-time transform, and the normalisation of its training data
+    (``data`` as :func:`data_facts` records it)."""
+    return EpisodeSampler(
+        split,
+        config.ways,
+        config.shots,
+        config.test_queries,
+        seed,
+        transform=evaluation_transform(config),
+        mean=data["mean"],
+        std=data["std"],
+    )
 
 
 def data_facts(split: CachedSplit) -> dict[str, Any]:

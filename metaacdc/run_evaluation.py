@@ -14,7 +14,7 @@ from metaacdc.config import TrainConfig
 from metaacdc.data import CachedSplit, EpisodeSampler, ManifestSampler, load_manifest
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation import EvalResult, evaluate
-from metaacdc.experiment import evaluation_transform
+from metaacdc.experiment import evaluation_sampler, evaluation_transform
 from metaacdc.runfolder import RunFolder
 
 
@@ -73,16 +73,7 @@ def evaluate_run(
     else:
         ways, shots = config.ways, config.shots
         tasks = 3000 if tasks is None else tasks
-        sampler = EpisodeSampler(
-            cached,
-            ways=ways,
-            shots=shots,
-            queries=config.test_queries,
-            seed=seed,
-            transform=transform,
-            mean=mean,
-            std=std,
-        )
+        sampler = evaluation_sampler(config, cached, learner.data, seed)
         tag = f"seed{seed}"
     steps = config.test_inner_steps if inner_steps is None else inner_steps
     result = evaluate(

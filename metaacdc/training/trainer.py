@@ -21,7 +21,7 @@ from metaacdc.errors import ConfigError
 from metaacdc.experiment import (
     build_model,
     data_facts,
-    evaluation_transform,
+    evaluation_sampler,
     open_splits,
     training_transform,
 )
@@ -179,16 +179,7 @@ def train(
         config.seed,
         transform=training_transform(config),
     )
-    val_sampler = EpisodeSampler(
-        splits["val"],
-        config.ways,
-        config.shots,
-        config.test_queries,
-        VALIDATION_SEED,
-        transform=evaluation_transform(config),
-        mean=data["mean"],  # the model sees every split normalised like its training data
-        std=data["std"],
-    )
+    val_sampler = evaluation_sampler(config, splits["val"], data, VALIDATION_SEED)
     remaining = config.meta_updates - step
     if stop_after is not None:
         remaining = min(remaining, stop_after)
