@@ -21,12 +21,6 @@ DEPTHS: dict[str, int] = {"conv4": 4, "conv6": 6, "resnet10": 10, "resnet18": 18
 COLUMNS = ("run", "backbone", "depth", "conv", "ways", "shots", "tasks", "accuracy", "ci95")
 
 
-def run_name(config: TrainConfig) -> str:
-    """Folder name of a run: backbone, conv kind, dataset, task shape and seed."""
-    task = f"{config.ways}w{config.shots}s"
-    return f"{config.backbone}-{config.conv}-{config.dataset}-{task}-seed{config.seed}"
-
-
 def grid(
     base: TrainConfig, shots: Sequence[int], backbones: Sequence[str], convs: Sequence[str]
 ) -> list[TrainConfig]:

@@ -57,6 +57,12 @@ class RunFolder:
         self.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def run_name(config: TrainConfig) -> str:
+    """Default folder name of a run: backbone, conv kind, dataset, task shape and seed."""
+    task = f"{config.ways}w{config.shots}s"
+    return f"{config.backbone}-{config.conv}-{config.dataset}-{task}-seed{config.seed}"
+
+
 def checkpoint_payload(
     config: TrainConfig,
     data: dict[str, Any],

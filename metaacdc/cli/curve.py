@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metaacdc.cli.options import conv_spec
 from metaacdc.config import TrainConfig, load_config_file
 from metaacdc.convs import ACDC_SHARES
-from metaacdc.errors import check_choice, check_positive_int
+from metaacdc.errors import check_positive_int
 
 #: train settings `curve` lets the command line override (the rest come from --config)
 OVERRIDES: tuple[tuple[str, str, Any], ...] = (
@@ -71,23 +72,15 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_curve(args: argparse.Namespace) -> int:
-    for acdc in args.acdc:
-        check_choice("--acdc", acdc, ("none", *ACDC_SHARES))
+    convs = [conv_spec(acdc, None, None) or "plain" for acdc in args.acdc]
     for shots in args.shots:
         check_positive_int("--shots", shots)
     check_positive_int("--tasks", args.tasks)
-    from metaacdc.curves import (
-        grid,
-        is_finished,
-        latest_evaluation,
-        run_name,
-        summarise,
-        write_report,
-    )
+    from metaacdc.curves import grid, is_finished, latest_evaluation, summarise, write_report
     from metaacdc.run_evaluation import evaluate_run
+    from metaacdc.runfolder import run_name
     from metaacdc.training import train
 
-    convs = ["plain" if a == "none" else f"acdc-{a}" for a in args.acdc]
     configs = grid(_base_config(args), args.shots, args.backbones, convs)
     run_dirs = []
     for index, config in enumerate(configs, 1):

@@ -34,23 +34,33 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regulators", action="store_true", help="DACNN per-block regulators")
 
 
-def conv_kind_from_args(args: argparse.Namespace) -> ConvKind:
-    """The conv kind the options describe (ACDC and kernel sharing are exclusive)."""
-    check_choice("--acdc", args.acdc, ("none", *ACDC_SHARES))
-    check_choice("--kernel-sharing", args.kernel_sharing, ("none", *KERNEL_SHARES))
-    if args.acdc != "none" and args.kernel_sharing != "none":
+def conv_spec(acdc: str | None, kernel_sharing: str | None, group_size: int | None) -> str | None:
+    """The conv-kind spec (``plain``, ``acdc-<share>``, ``ks-<scope>``) that ``--acdc`` /
+    ``--kernel-sharing`` describe, or ``None`` when neither is given. The two are exclusive;
+    a ``--group-size`` turns an ACDC scope into its grouped ``g-`` variant."""
+    if acdc is not None:
+        check_choice("--acdc", acdc, ("none", *ACDC_SHARES))
+    if kernel_sharing is not None:
+        check_choice("--kernel-sharing", kernel_sharing, ("none", *KERNEL_SHARES))
+    if acdc not in (None, "none") and kernel_sharing not in (None, "none"):
         raise ConfigError("--acdc and --kernel-sharing cannot be combined; choose one")
-    if args.kernel_sharing != "none":
-        return conv_kind(f"ks-{args.kernel_sharing}", regulators=args.regulators)
-    if args.acdc == "none":
-        return conv_kind("plain")
-    share = args.acdc
-    if args.group_size is not None and not share.startswith("g-"):
-        share = f"g-{share}"
+    if kernel_sharing not in (None, "none"):
+        return f"ks-{kernel_sharing}"
+    if acdc is None and kernel_sharing is None:
+        return None
+    if acdc in (None, "none"):
+        return "plain"
+    grouped = group_size is not None and not acdc.startswith("g-")
+    return f"acdc-{'g-' if grouped else ''}{acdc}"
+
+
+def conv_kind_from_args(args: argparse.Namespace) -> ConvKind:
+    """The conv kind the options of :func:`add_model_options` describe."""
     return conv_kind(
-        f"acdc-{share}",
+        conv_spec(args.acdc, args.kernel_sharing, args.group_size) or "plain",
         atoms=args.atoms,
         atom_drop=args.atom_drop,
         group_size=args.group_size,
         include_1x1=args.include_1x1,
+        regulators=args.regulators,
     )

@@ -11,9 +11,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from metaacdc.cli.options import conv_spec
 from metaacdc.config import DATASETS, TrainConfig, load_config_file
 from metaacdc.convs import ACDC_SHARES, KERNEL_SHARES
-from metaacdc.errors import ConfigError, check_choice
+from metaacdc.errors import ConfigError
 
 #: (flag, config field, type, help); flags left unset do not override the config file.
 OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -92,37 +93,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for dest in [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"]:
         if getattr(args, dest, None) is not None:
             values[dest] = getattr(args, dest)
-    conv = _conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"))
+    conv = conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"))
     if conv is not None:
         values["conv"] = conv
     return TrainConfig.from_dict(values, source=str(args.config or "command line"))
 
 
-def _conv_spec(acdc: str | None, kernel_sharing: str | None, group_size: int | None) -> str | None:
-    if acdc not in (None, "none") and kernel_sharing not in (None, "none"):
-        raise ConfigError("--acdc and --kernel-sharing cannot be combined; choose one")
-    if acdc is not None:
-        check_choice("--acdc", acdc, ("none", *ACDC_SHARES))
-        if acdc == "none":
-            return "plain"
-        return f"acdc-{'g-' if group_size and not acdc.startswith('g-') else ''}{acdc}"
-    if kernel_sharing is not None:
-        check_choice("--kernel-sharing", kernel_sharing, ("none", *KERNEL_SHARES))
-        return "plain" if kernel_sharing == "none" else f"ks-{kernel_sharing}"
-    return None
-
-
-def default_run_name(config: TrainConfig) -> str:
-    task = f"{config.ways}w{config.shots}s"
-    return f"{config.backbone}-{config.conv}-{config.dataset}-{task}-seed{config.seed}"
-
-
 def run(args: argparse.Namespace) -> int:
     from metaacdc.config import resolve
+    from metaacdc.runfolder import run_name
     from metaacdc.training import TrainingDivergedError, train
 
     config = resolve(config_from_args(args))
-    out = args.out or Path("runs") / default_run_name(config)
+    out = args.out or Path("runs") / run_name(config)
     # a polite kill (SIGTERM, e.g. a session ending) saves a checkpoint like Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

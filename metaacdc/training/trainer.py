@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from metaacdc.api import Learner
 from metaacdc.checkpoint import load_checkpoint
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
 from metaacdc.errors import ConfigError
+from metaacdc.evaluation import evaluate
 from metaacdc.experiment import (
     build_model,
     data_facts,
@@ -28,7 +30,6 @@ from metaacdc.experiment import (
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runfolder import RunFolder, save_learner
 from metaacdc.training.step import meta_train_step
-from metaacdc.training.validation import mean_and_ci95, validation_accuracies
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
 VALIDATION_SEED = 0
@@ -229,10 +230,15 @@ def train(
             )
             finishing = step == config.meta_updates or tasks_done == remaining * config.meta_batch
             if step % config.val_every == 0 or finishing:
-                accuracies = validation_accuracies(
-                    learner, val_sampler, config.val_tasks, config.test_inner_steps, device
+                result = evaluate(
+                    Learner(learner, config, data, device),  # evaluation's own code path
+                    val_sampler,
+                    config.val_tasks,
+                    inner_steps=config.test_inner_steps,
+                    progress=False,
                 )
-                val, ci = mean_and_ci95(accuracies)
+                learner.train()  # Learner switched the shared meta-learner to eval mode
+                val, ci = result.mean, result.ci95
                 improved = best_val is None or val > best_val
                 if improved:
                     best_val, best_step = val, step
