@@ -75,7 +75,7 @@ class _FirstWays(TaskLearner):
     """A task learner whose logits (hence its support loss) use the first ``ways`` outputs."""
 
     def __init__(self, task: TaskLearner, ways: int) -> None:
-        super().__init__(task.features, task.head, task.first_order)
+        super().__init__(task.features, task.head, task.first_order, task.memory_format)
         self.ways = ways
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -1,29 +1,38 @@
 """MAML speed: the project's training step and evaluator against plain learn2learn loops.
 
-Both sides use the same backbone, data, tasks and settings and are measured in the same run:
+Both sides use the same backbone, data, tasks and settings, and are measured in the same run,
+each measurement in a fresh process, interleaved over ``--rounds`` (medians reported):
 
 * training: tasks/s of ``metaacdc.training.meta_train_step`` against the loop of
-  learn2learn's own MAML example (clone, adapt, query loss backward per task, gradients
-  averaged, one Adam step), written here;
+  learn2learn's own MAML example (clone, adapt, query loss backward per task, one Adam
+  step), written here;
 * evaluation: tasks/s of ``metaacdc.evaluation.evaluate`` against a sequential learn2learn
   loop (clone, first-order adapt, classify queries), and the time 3,000 tasks would take;
-* memory: peak resident memory of a process doing only training steps, for each side
-  (CUDA: peak allocated memory).
+* memory: peak resident memory of the training process of each side (CUDA: peak allocated).
+
+The project's evaluator runs its task loop inside ``metaacdc.runtime.reuse_freed_memory``
+(an allocator setting, see there); the evaluation row "reference + allocator" runs the
+reference loop inside the same scope, so the project's gain over that row is what the code
+itself (channels-last layout, pooling before ReLU, in-place ReLU) adds.
 
 Targets (CPU): training >= 1.2x the reference, evaluation >= 2x, 3,000 Conv4 5W1S tasks at
 84 px <= 15 min, training memory <= 1.2x the reference.
 
     .venv/bin/python scripts/bench_maml.py [--backbone conv4] [--image-size 84] [--shots 1]
+        [--first-order] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +40,12 @@ import torch.nn.functional as F
 from metaacdc.backbones import create_backbone
 from metaacdc.data import EpisodeSampler, synthetic_split
 from metaacdc.maml.l2l import learn2learn as l2l
-from metaacdc.maml.learner import MetaLearner
-from metaacdc.training import meta_train_step
+from metaacdc.runtime import reuse_freed_memory
+
+SIDES = {
+    "train": ("reference", "project"),
+    "eval": ("reference", "reference + allocator", "project"),
+}
 
 
 def options() -> argparse.Namespace:
@@ -43,14 +56,15 @@ def options() -> argparse.Namespace:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--inner-steps", type=int, default=5)
-    parser.add_argument("--first-order", action="store_true")
-    parser.add_argument("--updates", type=int, default=3, help="meta-updates timed per side")
-    parser.add_argument("--eval-tasks", type=int, default=20, help="tasks timed per side")
-    parser.add_argument("--only", choices=["reference", "project"], help=argparse.SUPPRESS)
+    parser.add_argument("--first-order", action="store_true", help="first-order training")
+    parser.add_argument("--updates", type=int, default=2, help="meta-updates timed per process")
+    parser.add_argument("--eval-tasks", type=int, default=10, help="tasks timed per process")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def setup(args: argparse.Namespace, split: str = "train") -> tuple[torch.nn.Module, EpisodeSampler]:
+def setup(args: argparse.Namespace, split: str) -> tuple[torch.nn.Module, EpisodeSampler]:
     torch.manual_seed(0)
     model = create_backbone(args.backbone, args.conv, image_size=args.image_size)
     data = synthetic_split(split, args.image_size, images_per_class=20)
@@ -58,46 +72,75 @@ def setup(args: argparse.Namespace, split: str = "train") -> tuple[torch.nn.Modu
     return model, EpisodeSampler(data, 5, args.shots, queries, seed=0)
 
 
-def reference_update(maml, optimizer, tasks, steps: int) -> None:
+def timed_rate(work: Callable[[], None], count: int) -> float:
+    """Items per second of ``work`` (which handles ``count`` items), after one warm-up."""
+    work()
+    start = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - start)
+
+
+def reference_training(args: argparse.Namespace) -> Callable[[], None]:
     """learn2learn's example loop (examples/vision/maml_miniimagenet.py pattern)."""
-    optimizer.zero_grad()
-    for task in tasks:
-        learner = maml.clone()
-        for _ in range(steps):
-            learner.adapt(F.cross_entropy(learner(task.support_x), task.support_y))
-        F.cross_entropy(learner(task.query_x), task.query_y).backward()
-    for p in maml.parameters():
-        p.grad.data.mul_(1.0 / len(tasks))
-    optimizer.step()
-
-
-def train_rate(args: argparse.Namespace, side: str) -> float:
-    model, sampler = setup(args)
+    model, sampler = setup(args, "train")
     tasks = [sampler.episode(i) for i in range(args.meta_batch)]
-    if side == "reference":
-        maml = l2l.algorithms.MAML(model, lr=0.01, first_order=args.first_order)
-        optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    maml = l2l.algorithms.MAML(model, lr=0.01, first_order=args.first_order)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
 
-        def update() -> None:
-            reference_update(maml, optimizer, tasks, args.inner_steps)
-    else:
-        learner = MetaLearner(model, 0.01, args.first_order)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    def updates() -> None:
+        for _ in range(args.updates):
+            optimizer.zero_grad()
+            for task in tasks:
+                learner = maml.clone()
+                for _ in range(args.inner_steps):
+                    learner.adapt(F.cross_entropy(learner(task.support_x), task.support_y))
+                F.cross_entropy(learner(task.query_x), task.query_y).backward()
+            optimizer.step()
 
-        def update() -> None:
+    return updates
+
+
+def project_training(args: argparse.Namespace) -> Callable[[], None]:
+    from metaacdc.maml.learner import MetaLearner
+    from metaacdc.training import meta_train_step
+
+    model, sampler = setup(args, "train")
+    tasks = [sampler.episode(i) for i in range(args.meta_batch)]
+    learner = MetaLearner(model, 0.01, args.first_order)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+
+    def updates() -> None:
+        for _ in range(args.updates):
             meta_train_step(learner, tasks, optimizer, args.inner_steps, torch.device("cpu"))
 
-    update()  # warm-up
-    start = time.perf_counter()
-    for _ in range(args.updates):
-        update()
-    return args.updates * args.meta_batch / (time.perf_counter() - start)
+    return updates
 
 
-def eval_rates(args: argparse.Namespace) -> tuple[float, float]:
+def reference_evaluation(args: argparse.Namespace, scoped: bool) -> Callable[[], None]:
+    model, sampler = setup(args, "test")
+    maml = l2l.algorithms.MAML(model, lr=0.01, first_order=True)
+
+    def tasks() -> None:
+        with reuse_freed_memory() if scoped else contextlib.nullcontext():
+            sequential_tasks()
+
+    def sequential_tasks() -> None:
+        for i in range(args.eval_tasks):
+            task = sampler.episode(i)
+            clone = maml.clone()
+            for _ in range(args.inner_steps):
+                clone.adapt(F.cross_entropy(clone(task.support_x), task.support_y))
+            with torch.no_grad():
+                (clone(task.query_x).argmax(1) == task.query_y).float().mean().item()
+
+    return tasks
+
+
+def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
     from metaacdc.api import Learner
     from metaacdc.config import TrainConfig, resolve
     from metaacdc.evaluation import evaluate
+    from metaacdc.maml.learner import MetaLearner
 
     model, sampler = setup(args, "test")
     config = resolve(
@@ -106,7 +149,7 @@ def eval_rates(args: argparse.Namespace) -> tuple[float, float]:
             conv=args.conv,
             shots=args.shots,
             image_size=args.image_size,
-            first_order=True,
+            test_inner_steps=args.inner_steps,
         )
     )
     data = {
@@ -118,61 +161,67 @@ def eval_rates(args: argparse.Namespace) -> tuple[float, float]:
         "inverted": False,
     }
     learner = Learner(MetaLearner(model, 0.01, True), config, data, torch.device("cpu"))
-    maml = l2l.algorithms.MAML(model, lr=0.01, first_order=True)
 
-    def reference() -> None:
-        for i in range(args.eval_tasks):
-            task = sampler.episode(i)
-            clone = maml.clone()
-            for _ in range(args.inner_steps):
-                clone.adapt(F.cross_entropy(clone(task.support_x), task.support_y))
-            with torch.no_grad():
-                (clone(task.query_x).argmax(1) == task.query_y).float().mean()
+    def tasks() -> None:
+        evaluate(learner, sampler, args.eval_tasks, progress=False)
 
-    rates = []
-    for run in (reference, lambda: evaluate(learner, sampler, args.eval_tasks, progress=False)):
-        start = time.perf_counter()
-        run()
-        rates.append(args.eval_tasks / (time.perf_counter() - start))
-    return rates[0], rates[1]
+    return tasks
 
 
-def peak_memory_mb(side: str) -> float:
-    """Peak RSS of a fresh process that only runs training steps for ``side``."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--only", side]
+def child(args: argparse.Namespace, side: str, job: str) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    if job == "train":
+        build = project_training if side == "project" else reference_training
+        rate = timed_rate(build(args), args.updates * args.meta_batch)
+    elif side == "project":
+        rate = timed_rate(project_evaluation(args), args.eval_tasks)
+    else:
+        rate = timed_rate(reference_evaluation(args, side != "reference"), args.eval_tasks)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "peak_mb": peak_mb}))
+
+
+def measure(side: str, job: str) -> dict[str, float]:
+    command = [sys.executable, __file__, *sys.argv[1:], "--child", side, job]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1])["peak_mb"])
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
     args = options()
-    if args.only:  # child process of peak_memory_mb
-        train_rate(args, args.only)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"peak_mb": peak}))
+    if args.child:
+        child(args, *args.child)
         return
     order = "first" if args.first_order else "second"
     print(
         f"{args.backbone} ({args.conv}), {args.image_size}px, 5-way {args.shots}-shot, "
-        f"{args.inner_steps} inner steps, {order} order, meta-batch {args.meta_batch}, "
-        f"{torch.get_num_threads()} threads"
+        f"{args.inner_steps} inner steps; training {order} order, meta-batch {args.meta_batch}; "
+        f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds"
     )
-    reference, project = train_rate(args, "reference"), train_rate(args, "project")
-    print(
-        f"training   reference {reference:6.2f} tasks/s  project {project:6.2f} tasks/s  "
-        f"ratio {project / reference:.2f} (target >= 1.2)"
-    )
-    ref_eval, project_eval = eval_rates(args)
-    print(
-        f"evaluation reference {ref_eval:6.2f} tasks/s  project {project_eval:6.2f} tasks/s  "
-        f"ratio {project_eval / ref_eval:.2f} (target >= 2); 3,000 tasks: "
-        f"{3000 / project_eval / 60:.1f} min (target <= 15)"
-    )
-    ref_mem, project_mem = peak_memory_mb("reference"), peak_memory_mb("project")
-    print(
-        f"peak memory (process RSS) reference {ref_mem:.0f} MB  project {project_mem:.0f} MB  "
-        f"ratio {project_mem / ref_mem:.2f} (target <= 1.2)"
-    )
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(args.rounds):
+        for job, sides in SIDES.items():
+            for side in sides:
+                results.setdefault((side, job), []).append(measure(side, job))
+
+    def median(side: str, job: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[(side, job)])
+
+    for job, unit, target in (("train", "tasks/s", 1.2), ("eval", "tasks/s", 2.0)):
+        project = median("project", job, "rate")
+        print(f"{'training' if job == 'train' else 'evaluation'}:")
+        for side in SIDES[job][:-1]:
+            rate = median(side, job, "rate")
+            print(f"  {side:22s} {rate:6.2f} {unit}   project/this {project / rate:5.2f}")
+        print(f"  {'project':22s} {project:6.2f} {unit}   target >= {target} vs reference")
+    eval_minutes = 3000 / median("project", "eval", "rate") / 60
+    print(f"3,000 evaluation tasks: {eval_minutes:.1f} min (target <= 15)")
+    print("peak memory of the training process (RSS):")
+    reference_mb = median("reference", "train", "peak_mb")
+    for side in SIDES["train"]:
+        mb = median(side, "train", "peak_mb")
+        print(f"  {side:22s} {mb:6.0f} MB   ratio to reference {mb / reference_mb:.2f}")
+    print("  target: project <= 1.2x reference")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metaacdc.acdc import count_parameters
@@ -80,6 +81,41 @@ def test_batch_norm_uses_batch_statistics_in_eval_mode() -> None:
     alone = model(x[:3])
     assert not torch.allclose(together[:3], alone), "support and query are normalised separately"
     assert all(not m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def relu_then_pool_reference(model: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """The textbook block order conv -> BN -> ReLU -> pool, on the model's own modules."""
+    for block in model.features:
+        if isinstance(block, nn.Sequential):
+            conv, norm, *rest = block
+            x = norm(conv(x))
+            pools = [m for m in rest if isinstance(m, nn.MaxPool2d)]
+            x = F.relu(x)
+            x = pools[0](x) if pools else x
+        else:
+            x = block(x)
+    return model.head(x)
+
+
+@pytest.mark.parametrize("name", ["conv4", "conv6"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_pooling_before_relu_is_exactly_the_textbook_order(
+    name: str, memory_format: torch.memory_format
+) -> None:
+    torch.manual_seed(0)
+    model = build(name, "plain", image_size=28)
+    x = torch.randn(6, 3, 28, 28).contiguous(memory_format=memory_format)
+    y = torch.arange(6) % 5
+    grads = []
+    for forward in (model, lambda images: relu_then_pool_reference(model, images)):
+        model.zero_grad()
+        logits = forward(x)
+        F.cross_entropy(logits, y).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (ours, our_grads), (textbook, textbook_grads) = grads
+    assert torch.equal(ours, textbook)
+    for got, expected in zip(our_grads, textbook_grads):
+        assert torch.equal(got, expected)
 
 
 def test_grayscale_input_channels() -> None:

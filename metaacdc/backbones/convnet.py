@@ -1,4 +1,9 @@
-"""Conv4 / Conv6 (CloserLook): conv3x3(64, bias) -> BN -> ReLU [-> max-pool 2]."""
+"""Conv4 / Conv6 (CloserLook): conv3x3(64, bias) -> BN -> ReLU [-> max-pool 2].
+
+Where a block pools, it pools before the ReLU: max-pooling and ReLU commute exactly (ReLU is
+monotone; ties resolve to the same element, whose gradient is the same), and the ReLU then
+runs on a quarter of the activations. The ReLU works in place (nothing reads its input).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +27,11 @@ def _convnet(
         block: list[nn.Module] = [
             conv.make(in_channels if index == 0 else WIDTH, WIDTH, 3, padding=1, bias=True),
             batch_norm(WIDTH),
-            nn.ReLU(),
         ]
         if index < POOLED_BLOCKS:
             block.append(nn.MaxPool2d(2))
             size //= 2
-        block.append(conv.block_output(WIDTH))
+        block += [nn.ReLU(inplace=True), conv.block_output(WIDTH)]
         layers.append(nn.Sequential(*block))
     if size < 1:
         raise ConfigError(f"image_size={image_size} is too small for conv{depth}; need >= 16")
