@@ -1,8 +1,8 @@
 """Checkpoints: written atomically, readable with ``torch.load(weights_only=True)``.
 
 A checkpoint is a dict of plain types and tensors only (no pickled code): the resolved
-config, the data's preprocessing facts, the step, model and optimizer state, RNG state and
-the best validation accuracy so far.
+config, the data's preprocessing facts, the step, model and optimizer state and the best
+validation accuracy so far.
 """
 
 from __future__ import annotations

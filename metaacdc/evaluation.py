@@ -4,7 +4,9 @@ Each task is adapted by :meth:`metaacdc.api.Learner.adapt` (the adaptation API's
 path: first-order, on a copy detached from the model) and its queries classified without
 autograd. Tasks are independent: a fresh copy per task, and batch-norm statistics come from
 the task's own support or query batch (no running statistics), so the result does not
-depend on task order.
+depend on task order, nor on which process evaluates it: under ``torch.distributed`` the
+tasks are shared out and their accuracies gathered back in task order, so the result is the
+one a single process gives.
 
 Accuracies are fractions in ``[0, 1]`` everywhere in this module (``EvalResult`` fields,
 CSV columns); tables printed by the CLI show them in percent.
@@ -21,10 +23,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from metaacdc import distributed
 from metaacdc.api import Learner
-from metaacdc.data.loader import IndexedSampler, episode_loader
+from metaacdc.data.loader import IndexedSampler, ShardedSampler, episode_loader
 from metaacdc.data.sampler import Episode
+from metaacdc.distributed import World
 from metaacdc.errors import check_positive_int
+from metaacdc.runtime import reuse_freed_memory
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,12 @@ def evaluate(
     inner_steps: int | None = None,
     progress: bool = True,
     workers: int = 0,
+    world: World | None = None,
 ) -> EvalResult:
     """Mean query accuracy of ``learner`` over episodes ``0 .. tasks-1`` of ``sampler``.
+
+    In a ``torch.distributed`` job every process must call it: process ``r`` of ``n``
+    evaluates tasks ``r, r + n, ...`` and every process returns the result over all tasks.
 
     Args:
         learner: from :func:`metaacdc.load`.
@@ -104,6 +113,8 @@ def evaluate(
         inner_steps: adaptation steps; default the run's ``test_inner_steps``.
         progress: show a progress bar with the running mean.
         workers: background processes preparing episodes (0: in this process).
+        world: the processes sharing the tasks (default
+            :func:`metaacdc.distributed.current`); only rank 0 shows progress.
 
     Returns:
         The per-task accuracies and their mean ± 95% CI (fractions).
@@ -115,18 +126,22 @@ def evaluate(
     check_positive_int("tasks", tasks)
     if inner_steps is not None:
         check_positive_int("inner_steps", inner_steps, minimum=0)
+    check_positive_int("workers", workers, minimum=0)
+    world = distributed.current() if world is None else world
+    mine = len(world.shard(tasks))
+    local = ShardedSampler(sampler, world.size, [world.rank]) if world.distributed else sampler
     episodes: Iterable[Episode]
-    if workers > 0:
-        episodes = episode_loader(sampler, tasks, num_workers=workers)
+    if workers > 0 and mine > 0:
+        episodes = episode_loader(local, mine, num_workers=workers)
     else:
-        check_positive_int("workers", workers, minimum=0)
-        episodes = (sampler.episode(i) for i in range(tasks))
-    accuracies = np.empty(tasks, dtype=np.float64)
-    bar = tqdm(total=tasks, desc="evaluating", unit="task", disable=not progress, leave=False)
-    with bar:
-        for i, episode in enumerate(episodes):
-            accuracies[i] = task_accuracy(learner, episode, inner_steps)
+        episodes = (local.episode(k) for k in range(mine))
+    accuracies = np.empty(mine, dtype=np.float64)
+    progress = progress and world.is_main
+    bar = tqdm(total=mine, desc="evaluating", unit="task", disable=not progress, leave=False)
+    with bar, reuse_freed_memory():
+        for k, episode in enumerate(episodes):
+            accuracies[k] = task_accuracy(learner, episode, inner_steps)
             bar.update()
-            if progress and (i % 10 == 9 or i == tasks - 1):
-                bar.set_postfix_str(f"acc {100 * accuracies[: i + 1].mean():.2f}%")
-    return EvalResult.from_accuracies(accuracies)
+            if progress and (k % 10 == 9 or k == mine - 1):
+                bar.set_postfix_str(f"acc {100 * accuracies[: k + 1].mean():.2f}%")
+    return EvalResult.from_accuracies(distributed.gather_strided(accuracies, tasks, world))

@@ -1,6 +1,7 @@
 """Evaluating a run folder: tasks from its test split (or a frozen manifest), the
 evaluator, and the CSV written under ``RUN_DIR/eval/``. Shared by ``metaacdc evaluate`` and
-``metaacdc curve``."""
+``metaacdc curve``. In a ``torch.distributed`` job every process calls it, the tasks are
+shared out (see :func:`metaacdc.evaluation.evaluate`) and rank 0 writes the CSV."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from metaacdc.api import Learner, load
+from metaacdc import distributed
+from metaacdc.api import Learner, load, resolve_device
 from metaacdc.config import TrainConfig
 from metaacdc.data import CachedSplit, EpisodeSampler, ManifestSampler, load_manifest
 from metaacdc.errors import ConfigError
@@ -48,9 +50,11 @@ def evaluate_run(
     .csv``; the run's own normalisation and test-time transform are used."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
-    learner = load(run, device=device)
+    world = distributed.current()
+    learner = load(run, device=world.device_for(resolve_device(device)))
     config = learner.config
-    cached = _open_split(learner, data, split)
+    with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
+        cached = _open_split(learner, data, split, quiet=not world.is_main)
     transform = evaluation_transform(config)
     mean, std = learner.data["mean"], learner.data["std"]  # the run's, as the API uses
     sampler: EpisodeSampler | ManifestSampler
@@ -83,15 +87,19 @@ def evaluate_run(
         inner_steps=steps,
         progress=progress,
         workers=workers,
+        world=world,
     )
     csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
-    result.to_csv(csv)
+    if world.is_main:
+        result.to_csv(csv)
+    distributed.barrier(world)  # the CSV exists when this returns on any process
     return RunEvaluation(config, result, csv, ways, shots, tasks)
 
 
-def _open_split(learner: Learner, data: str | None, name: str) -> CachedSplit:
+def _open_split(learner: Learner, data: str | None, name: str, quiet: bool) -> CachedSplit:
     """The split to evaluate on: ``--data`` (a cache, or a source prepared on first use) or
-    the run's own data; refused when its images do not fit the model."""
+    the run's own data; refused when its images do not fit the model. ``quiet``: no note
+    about a change of data source (it is printed once, by rank 0)."""
     from metaacdc.data import is_complete, open_split
     from metaacdc.experiment import open_splits
 
@@ -108,7 +116,7 @@ def _open_split(learner: Learner, data: str | None, name: str) -> CachedSplit:
             f"{split.meta.image_size}px images but the run takes {learner.channels}-channel "
             f"{learner.image_size}px images; give --data of the run's kind and size"
         )
-    if split.meta.source != learner.data["source"]:
+    if split.meta.source != learner.data["source"] and not quiet:
         print(
             f"note: evaluating a run trained on {learner.data['source']} data on "
             f"{split.describe()}",

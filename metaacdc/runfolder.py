@@ -71,11 +71,12 @@ def checkpoint_payload(
     optimizer: torch.optim.Optimizer | None = None,
     best_val: float | None = None,
     best_step: int | None = None,
-    rng: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds, in types ``torch.load(weights_only=True)`` accepts.
 
-    ``rng`` is the CPU generator state to record (default: the current one).
+    No random-generator state: training draws its randomness from ``(seed, task index)``
+    (episodes and atom-drop alike), so a checkpoint is the same whichever process wrote it
+    and however many processes trained the run.
     """
     payload: dict[str, Any] = {
         "config": config.to_dict(),
@@ -84,10 +85,7 @@ def checkpoint_payload(
         "model": learner.state_dict(),
         "best_val": best_val,
         "best_step": best_step,
-        "rng": {"torch": torch.get_rng_state() if rng is None else rng},
     }
-    if torch.cuda.is_available():
-        payload["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
     return payload

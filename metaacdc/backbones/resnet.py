@@ -22,7 +22,7 @@ class BasicBlock(nn.Module):
         self.bn1 = batch_norm(width)
         self.conv2 = conv.make(width, width, 3, padding=1)
         self.bn2 = batch_norm(width)
-        self.relu = nn.ReLU(inplace=True)  # nothing reads a ReLU's input
+        self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if in_width != width or stride != 1:
             self.shortcut = nn.Sequential(
@@ -48,8 +48,8 @@ def _resnet(
     layers: list[nn.Module] = [
         conv.make(in_channels, WIDTHS[0], 7, stride=2, padding=3),
         batch_norm(WIDTHS[0]),
-        nn.MaxPool2d(3, stride=2, padding=1),  # before the ReLU: they commute exactly
-        nn.ReLU(inplace=True),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
     ]
     in_width = WIDTHS[0]
     for stage, (width, count) in enumerate(zip(WIDTHS, blocks_per_stage)):

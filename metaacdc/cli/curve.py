@@ -4,19 +4,22 @@ makes the same table and plot from existing run folders."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaacdc.cli.options import conv_spec
 from metaacdc.config import TrainConfig, load_config_file
 from metaacdc.convs import ACDC_SHARES
-from metaacdc.errors import check_positive_int
+from metaacdc.errors import ConfigError, check_positive_int
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: train settings `curve` lets the command line override (the rest come from --config)
 OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("--dataset", "dataset", str),
-    ("--data", "data", str),
     ("--ways", "ways", int),
     ("--meta-updates", "meta_updates", int),
     ("--image-size", "image_size", int),
@@ -42,7 +45,27 @@ def add_parser(sub: Any) -> None:
     curve.add_argument("--config", type=Path, help="YAML/TOML base settings for every run")
     for flag, dest, kind in OVERRIDES:
         curve.add_argument(flag, dest=dest, type=kind, default=None)
+    curve.add_argument(
+        "--data",
+        nargs="+",
+        default=None,
+        help="a cache or raw source for every run; or several caches of different image "
+        "sizes, each run taking the one of its size (e.g. 84 px and 224 px miniImageNet)",
+    )
     curve.add_argument("--tasks", type=int, default=3000, help="test tasks per run (3000)")
+    curve.add_argument(
+        "--episodes",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="frozen episode manifests (episodes/*.json); each run is tested on the one of "
+        "its ways and shots",
+    )
+    curve.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print estimated GPU hours and memory per run (metaacdc/estimate.py), run nothing",
+    )
     curve.add_argument(
         "--out",
         type=Path,
@@ -55,12 +78,30 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="at most N meta-updates per unfinished run now (resume later)",
     )
+    _add_reference_option(curve)
     curve.set_defaults(handler=run_curve)
 
     report = sub.add_parser("report", help="depth-curve table and plot from run folders")
     report.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, default=Path("runs/report"))
+    _add_reference_option(report)
     report.set_defaults(handler=run_report)
+
+
+def _add_reference_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reference",
+        choices=("auto", "closerlook", "none"),
+        default="auto",
+        help="published MAML numbers on the plot: auto (when every run is 5-way "
+        "miniImageNet), closerlook (always) or none",
+    )
+
+
+def _references(choice: str, table: pd.DataFrame) -> pd.DataFrame | None:
+    from metaacdc.curves import REFERENCES, references_for
+
+    return {"auto": references_for(table), "closerlook": REFERENCES, "none": None}[choice]
 
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
@@ -71,19 +112,64 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values, source=str(args.config or "command line"))
 
 
+def _grid(args: argparse.Namespace) -> list[TrainConfig]:
+    """The runs of the grid, each with its data (one cache per image size when several)."""
+    from metaacdc.curves import data_by_image_size, grid
+
+    base = _base_config(args)
+    data = args.data or []
+    if len(data) == 1:
+        base = dataclasses.replace(base, data=data[0])
+    configs = grid(base, args.shots, args.backbones, [_conv(a) for a in args.acdc])
+    if len(data) > 1:
+        caches = data_by_image_size(data)
+        for index, config in enumerate(configs):
+            if config.image_size not in caches:
+                raise ConfigError(
+                    f"no --data cache of {config.image_size}px for {config.backbone}; given "
+                    f"{', '.join(f'{s}px' for s in sorted(caches))} (metaacdc data prepare "
+                    f"--image-size {config.image_size})"
+                )
+            configs[index] = dataclasses.replace(config, data=caches[config.image_size])
+    return configs
+
+
+def _conv(acdc: str) -> str:
+    return conv_spec(acdc, None, None) or "plain"
+
+
 def run_curve(args: argparse.Namespace) -> int:
-    convs = [conv_spec(acdc, None, None) or "plain" for acdc in args.acdc]
     for shots in args.shots:
         check_positive_int("--shots", shots)
     check_positive_int("--tasks", args.tasks)
-    from metaacdc.curves import grid, is_finished, latest_evaluation, summarise, write_report
+    from metaacdc.curves import (
+        evaluation_file,
+        is_finished,
+        manifests_by_task_shape,
+        summarise,
+        write_report,
+    )
     from metaacdc.run_evaluation import evaluate_run
     from metaacdc.runfolder import run_name
     from metaacdc.training import train
 
-    configs = grid(_base_config(args), args.shots, args.backbones, convs)
+    configs = _grid(args)
+    if args.estimate:
+        from metaacdc.estimate import estimate_grid, format_estimates
+
+        print(format_estimates(estimate_grid(configs, args.tasks)))
+        return 0
+    manifests = manifests_by_task_shape(args.episodes or [])
+    episodes: list[Path | None] = []
+    for config in configs:
+        if args.episodes and (config.ways, config.shots) not in manifests:
+            raise ConfigError(
+                f"no --episodes manifest of {config.ways}-way {config.shots}-shot tasks "
+                f"among {', '.join(map(str, args.episodes))}"
+            )
+        episodes.append(manifests.get((config.ways, config.shots)))
     run_dirs = []
-    for index, config in enumerate(configs, 1):
+    for index, (config, manifest) in enumerate(zip(configs, episodes), 1):
         run_dir = args.out / run_name(config)
         run_dirs.append(run_dir)
         print(f"[{index}/{len(configs)}] {run_dir.name}", flush=True)
@@ -97,14 +183,16 @@ def run_curve(args: argparse.Namespace) -> int:
             if not summary.finished:
                 print(f"  stopped at meta-update {summary.step}; rerun to continue")
                 continue
-        evaluated = latest_evaluation(run_dir)
-        if evaluated is None or f"-{args.tasks}tasks-" not in evaluated.name:
-            outcome = evaluate_run(run_dir, tasks=args.tasks, progress=sys.stderr.isatty())
+        evaluated = evaluation_file(run_dir, args.tasks, manifest)
+        if evaluated is None:
+            outcome = evaluate_run(
+                run_dir, tasks=args.tasks, episodes=manifest, progress=sys.stderr.isatty()
+            )
             print(f"  {outcome.result}")
         else:
             print(f"  finished and evaluated ({evaluated.name}); skipped")
     table = summarise([d for d in run_dirs if d.is_dir()])
-    for path in write_report(table, args.out):
+    for path in write_report(table, args.out, _references(args.reference, table)):
         print(path)
     return 0
 
@@ -116,6 +204,6 @@ def run_report(args: argparse.Namespace) -> int:
     if table.empty:
         print("no evaluated runs among the given folders; run `metaacdc evaluate RUN_DIR` first")
         return 1
-    for path in write_report(table, args.out):
+    for path in write_report(table, args.out, _references(args.reference, table)):
         print(path)
     return 0

@@ -1,16 +1,16 @@
-"""`metaacdc evaluate`: mean accuracy ± 95% CI of a run over test tasks, written to CSV."""
+"""`metaacdc evaluate`: mean accuracy ± 95% CI of a run over test tasks, written to CSV.
+
+Under ``torchrun`` the processes share the tasks; rank 0 prints the result and writes the CSV.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metaacdc.errors import check_choice, check_positive_int
-
-if TYPE_CHECKING:
-    pass
 
 SPLITS = ("train", "val", "test")
 
@@ -59,20 +59,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.run.is_dir():
         raise FileNotFoundError(f"{args.run}: run folder not found")
 
+    from metaacdc import distributed
     from metaacdc.run_evaluation import evaluate_run  # imports learn2learn: after the checks
 
-    outcome = evaluate_run(
-        args.run,
-        tasks=args.tasks,
-        episodes=args.episodes,
-        inner_steps=args.inner_steps,
-        data=args.data,
-        split=args.split,
-        seed=args.seed,
-        device=args.device,
-        workers=args.workers,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    with distributed.join(args.device) as world:
+        outcome = evaluate_run(
+            args.run,
+            tasks=args.tasks,
+            episodes=args.episodes,
+            inner_steps=args.inner_steps,
+            data=args.data,
+            split=args.split,
+            seed=args.seed,
+            device=args.device,
+            workers=args.workers,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    if not world.is_main:
+        return 0
     config, result, csv = outcome.config, outcome.result, outcome.csv
     ways, shots, tasks = outcome.ways, outcome.shots, outcome.tasks
     rows = [

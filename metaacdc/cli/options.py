@@ -8,8 +8,9 @@ from metaacdc.convs import ACDC_SHARES, KERNEL_SHARES, ConvKind, conv_kind
 from metaacdc.errors import ConfigError, check_choice
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--backbone, --acdc, --atoms, --atom-drop, --group-size, --kernel-sharing, ..."""
+def add_model_options(parser: argparse.ArgumentParser, many_atoms: bool = False) -> None:
+    """--backbone, --acdc, --atoms, --atom-drop, --group-size, --kernel-sharing, ...;
+    ``many_atoms`` lets ``--atoms`` take several values (a list in the namespace)."""
     from metaacdc.backbones import list_backbones
 
     parser.add_argument(
@@ -20,7 +21,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         default="none",
         help=f"ACDC sharing scope: none or one of {', '.join(ACDC_SHARES)}",
     )
-    parser.add_argument("--atoms", type=int, default=8, help="atoms per ACDC layer (m)")
+    if many_atoms:
+        parser.add_argument(
+            "--atoms", type=int, nargs="+", default=[8], help="atoms per ACDC layer (m)"
+        )
+    else:
+        parser.add_argument("--atoms", type=int, default=8, help="atoms per ACDC layer (m)")
     parser.add_argument("--atom-drop", type=float, default=0.1, help="atom-drop rate p")
     parser.add_argument(
         "--group-size", type=int, default=None, help="channels per group for the g- variants"

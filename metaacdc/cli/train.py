@@ -1,7 +1,8 @@
 """`metaacdc train`: meta-train one configuration into a run folder.
 
 Settings come from the protocol defaults, then ``--config FILE``, then the command line
-(the command line wins).
+(the command line wins). Under ``torchrun`` the processes share each meta-batch (see
+:mod:`metaacdc.distributed`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metaacdc import distributed
     from metaacdc.config import resolve
     from metaacdc.runfolder import run_name
     from metaacdc.training import TrainingDivergedError, train
@@ -108,10 +110,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / run_name(config)
     # a polite kill (SIGTERM, e.g. a session ending) saves a checkpoint like Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        summary = train(config, out, resume=args.resume, stop_after=args.stop_after)
-    except TrainingDivergedError as error:
-        raise ConfigError(str(error)) from error
+    with distributed.join(config.device) as world:
+        try:
+            summary = train(config, out, resume=args.resume, stop_after=args.stop_after)
+        except TrainingDivergedError as error:
+            raise ConfigError(str(error)) from error
+    if not world.is_main:
+        return 0
     best = (
         "none yet"
         if summary.best_val is None

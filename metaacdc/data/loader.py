@@ -7,13 +7,14 @@ whatever ``num_workers`` is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from metaacdc.data.sampler import Episode
-from metaacdc.errors import check_positive_int
+from metaacdc.errors import ConfigError, check_positive_int
 
 
 class IndexedSampler(Protocol):
@@ -22,6 +23,31 @@ class IndexedSampler(Protocol):
     def episode(self, i: int) -> Episode:
         """Episode number ``i``."""
         ...
+
+
+class ShardedSampler:
+    """The episodes one process takes when several share the work: its ``k``-th episode is
+    episode ``(k // len(positions)) * block + positions[k % len(positions)]`` of ``sampler``.
+
+    Training: ``block`` is the meta-batch and ``positions`` this process's tasks in it, so
+    meta-update ``s`` gets episodes ``s * block + p``; evaluation: ``block`` is the number
+    of processes and ``positions`` is ``[rank]``.
+    """
+
+    def __init__(self, sampler: IndexedSampler, block: int, positions: Sequence[int]) -> None:
+        check_positive_int("block", block)
+        if not positions or not all(0 <= p < block for p in positions):
+            raise ConfigError(f"positions {list(positions)} must be non-empty, in 0..{block - 1}")
+        self.sampler, self.block, self.positions = sampler, block, tuple(positions)
+
+    def index(self, k: int) -> int:
+        """The sampler's episode number behind this process's episode ``k``."""
+        group, position = divmod(k, len(self.positions))
+        return group * self.block + self.positions[position]
+
+    def episode(self, k: int) -> Episode:
+        """This process's episode ``k``."""
+        return self.sampler.episode(self.index(k))
 
 
 class EpisodeDataset(Dataset[Episode]):

@@ -41,6 +41,17 @@ def episode_generators(seed: int, index: int) -> tuple[np.random.Generator, torc
     return np.random.Generator(np.random.PCG64(numpy_seq)), torch_gen
 
 
+def task_seed(seed: int, index: int) -> int:
+    """Seed of the model's own randomness (atom-drop) while it trains on episode ``index``.
+
+    A third stream of the episode's ``SeedSequence([seed, index])``, independent of the two
+    that draw the episode, so a task sees the same atom-drop masks whichever process trains
+    it and however many processes share the meta-batch.
+    """
+    stream = np.random.SeedSequence([seed, index], spawn_key=(2,))
+    return int(stream.generate_state(1, np.uint64)[0] >> 1)
+
+
 def draw_task(
     rng: np.random.Generator, class_indices: Sequence[np.ndarray], ways: int, per_class: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,10 @@
 """The training loop: episodes in background workers, meta-updates, validation, checkpoints,
-and resumption that continues a killed run to the same result as an uninterrupted one."""
+and resumption that continues a killed run to the same result as an uninterrupted one.
+
+Under ``torchrun`` every process runs this loop on its share of each meta-batch (see
+:mod:`metaacdc.distributed`); rank 0 alone writes the run folder. Nothing in a checkpoint
+depends on the number of processes, so a run can be resumed with another number.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from metaacdc import distributed
 from metaacdc.api import Learner
 from metaacdc.checkpoint import load_checkpoint
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
+from metaacdc.data.loader import ShardedSampler
+from metaacdc.data.sampler import task_seed
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation import evaluate
 from metaacdc.experiment import (
@@ -110,6 +118,16 @@ def train(
 ) -> RunSummary:
     """Meta-train ``config`` into run folder ``out`` (see :mod:`metaacdc.runfolder`).
 
+    In a ``torch.distributed`` job (a process group is initialised, as ``metaacdc train``
+    does under ``torchrun``) every process must call it: the tasks of each meta-batch and
+    of each validation are shared out, and only rank 0 writes to ``out`` and shows progress.
+
+    The model's own randomness (atom-drop) during a task is seeded from ``(seed, task
+    index)`` (:func:`metaacdc.data.sampler.task_seed`), like the task itself, and task
+    gradients are added in meta-batch order (:class:`metaacdc.distributed.TaskGradients`),
+    so the result does not depend on the number of processes: on CPU it is bit-identical
+    when every process has the same number of threads.
+
     Args:
         config: the run's settings (protocol defaults are filled in by ``resolve``).
         out: run folder; refused if it already holds a run, unless ``resume``.
@@ -121,8 +139,16 @@ def train(
     Raises:
         TrainingDivergedError: the loss became NaN/inf.
         KeyboardInterrupt: after saving a checkpoint of the last completed meta-update.
+        ConfigError: more processes than tasks in a meta-batch, among others.
     """
     config = resolve(config)
+    world = distributed.current()
+    if config.meta_batch < world.size:
+        raise ConfigError(
+            f"meta_batch={config.meta_batch} tasks cannot be shared by {world.size} "
+            f"processes (the tasks of a meta-batch are what is split); use at most "
+            f"{config.meta_batch} processes or a larger --meta-batch"
+        )
     folder = RunFolder(Path(out))
     payload = None
     if folder.last.is_file():
@@ -137,9 +163,10 @@ def train(
         raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
     assert config.meta_updates is not None and config.test_inner_steps is not None
 
-    device = select_device(config.device)
+    device = world.device_for(select_device(config.device))
     torch.manual_seed(config.seed)
-    splits = open_splits(config, ("train", "val"))
+    with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
+        splits = open_splits(config, ("train", "val"))
     data = data_facts(splits["train"])
     model = build_model(config, splits["train"].channels)
     learner = MetaLearner(
@@ -150,16 +177,15 @@ def train(
     if payload is not None:
         learner.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
         step, best_val, best_step = payload["step"], payload["best_val"], payload["best_step"]
-    else:
+    elif world.is_main:
         folder.write_config(config)
         with folder.metrics.open("w", newline="") as stream:
             csv.writer(stream).writerow(METRICS)
 
-    def save(path: Path, at_step: int, rng: torch.Tensor | None = None) -> None:
+    def save(path: Path, at_step: int) -> None:
+        if not world.is_main:
+            return
         save_learner(
             path,
             config=config,
@@ -169,7 +195,6 @@ def train(
             optimizer=optimizer,
             best_val=best_val,
             best_step=best_step,
-            rng=rng,
         )
 
     train_sampler = EpisodeSampler(
@@ -184,7 +209,7 @@ def train(
     remaining = config.meta_updates - step
     if stop_after is not None:
         remaining = min(remaining, stop_after)
-    log = _Log(folder.log)
+    log = _Log(folder.log if world.is_main else None)
     log(
         f"{'resuming at' if payload else 'starting'} meta-update {step} of "
         f"{config.meta_updates} on {device}"
@@ -192,34 +217,40 @@ def train(
     if remaining <= 0:
         return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
 
+    mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
     loader = episode_loader(
-        train_sampler,
-        remaining * config.meta_batch,
-        start=step * config.meta_batch,
+        ShardedSampler(train_sampler, config.meta_batch, mine),
+        remaining * len(mine),
+        start=step * len(mine),
         num_workers=config.workers,
     )
     bar = tqdm(
         total=config.meta_updates,
         initial=step,
-        disable=not progress,
+        disable=not (progress and world.is_main),
         unit="update",
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
     )
-    started, tasks_done = time.perf_counter(), 0
+    started, updates_done = time.perf_counter(), 0
     learner.train()
-    rng_before = torch.get_rng_state()
     try:
-        for tasks in _meta_batches(iter(loader), config.meta_batch):
-            rng_before = torch.get_rng_state()
+        for tasks in _meta_batches(iter(loader), len(mine)):
             stats = meta_train_step(
-                learner, tasks, optimizer, config.inner_steps, device, config.amp
+                learner,
+                tasks,
+                optimizer,
+                config.inner_steps,
+                device,
+                config.amp,
+                task_seeds=[task_seed(config.seed, step * config.meta_batch + i) for i in mine],
+                world=world,
             )
             if not math.isfinite(stats.loss):
                 raise TrainingDivergedError(step + 1, stats.loss)
             step += 1
-            tasks_done += len(tasks)
-            rate = tasks_done / (time.perf_counter() - started)
+            updates_done += 1
+            rate = updates_done * config.meta_batch / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(
                 refresh=False,
@@ -228,7 +259,7 @@ def train(
                 tasks_s=f"{rate:.2f}",
                 best=best_val,
             )
-            finishing = step == config.meta_updates or tasks_done == remaining * config.meta_batch
+            finishing = step == config.meta_updates or updates_done == remaining
             if step % config.val_every == 0 or finishing:
                 result = evaluate(
                     Learner(learner, config, data, device),  # evaluation's own code path
@@ -251,8 +282,9 @@ def train(
                     rate,
                     time.perf_counter() - started,
                 )
-                with folder.metrics.open("a", newline="") as stream:
-                    csv.writer(stream).writerow(row)
+                if world.is_main:
+                    with folder.metrics.open("a", newline="") as stream:
+                        csv.writer(stream).writerow(row)
                 log(
                     f"meta-update {step}: loss {stats.loss:.4f} train acc {stats.accuracy:.3f} "
                     f"val acc {val:.4f} ± {ci:.4f}{' (best)' if improved else ''}"
@@ -262,21 +294,25 @@ def train(
                 save(folder.last, step)
     except KeyboardInterrupt:
         # the interrupted meta-update is discarded: save the state before it began
-        save(folder.last, step, rng=rng_before)
+        save(folder.last, step)
         log(f"interrupted; saved meta-update {step} to {folder.last}")
         raise
     finally:
         bar.close()
+    distributed.barrier(world)  # the run folder is complete when train() returns anywhere
     return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
 
 
 class _Log:
-    """Appends time-stamped lines to the run's log.txt."""
+    """Appends time-stamped lines to the run's log.txt (nothing without a path: the
+    processes other than rank 0 write no files)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
 
     def __call__(self, message: str) -> None:
+        if self.path is None:
+            return
         with self.path.open("a") as stream:
             stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 

@@ -1,0 +1,53 @@
+"""GPU estimates of `metaacdc curve --estimate`: the counts they rest on and the cost model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from metaacdc.backbones import create_backbone
+from metaacdc.config import TrainConfig, resolve
+from metaacdc.estimate import estimate_grid, estimate_run, format_estimates, model_costs
+from metaacdc.summary import forward_flops
+
+TINY = TrainConfig(image_size=16, meta_updates=100, val_every=50, val_tasks=10)
+
+
+def test_model_costs_match_the_flop_counter() -> None:
+    model = create_backbone("conv4", "plain", image_size=16)
+    costs = model_costs(model, 3, 16)
+    assert costs.flops(1) == pytest.approx(forward_flops(model, 16))
+    assert costs.flops_fixed == 0  # a plain conv has nothing to rebuild per batch
+    assert costs.saved(8) > costs.saved(2) > 0 and costs.ops > 10
+    assert costs.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_acdc_costs_include_kernel_reconstruction_once_per_batch() -> None:
+    costs = model_costs(create_backbone("conv4", "acdc-net", image_size=16), 3, 16)
+    assert costs.flops_fixed > 0
+
+
+def test_second_order_costs_more_time_and_memory() -> None:
+    costs = model_costs(create_backbone("conv4", "plain", image_size=16), 3, 16)
+    first = estimate_run(dataclasses.replace(TINY, first_order=True), costs, test_tasks=100)
+    second = estimate_run(dataclasses.replace(TINY, first_order=False), costs, test_tasks=100)
+    assert second.train_tflop > first.train_tflop and second.hours > first.hours
+    assert second.peak_gib > first.peak_gib
+    assert second.eval_tflop == pytest.approx(first.eval_tflop)  # evaluation is first order
+
+
+def test_estimate_grows_with_length_and_test_tasks() -> None:
+    costs = model_costs(create_backbone("conv4", "plain", image_size=16), 3, 16)
+    short = estimate_run(TINY, costs, test_tasks=100)
+    long = estimate_run(dataclasses.replace(TINY, meta_updates=1000), costs, test_tasks=100)
+    assert long.train_tflop == pytest.approx(10 * short.train_tflop)
+    assert long.hours > short.hours
+    assert estimate_run(TINY, costs, test_tasks=1000).eval_tflop > short.eval_tflop
+
+
+def test_grid_table() -> None:
+    configs = [resolve(dataclasses.replace(TINY, backbone=b)) for b in ("conv4", "resnet10")]
+    text = format_estimates(estimate_grid(configs, test_tasks=100))
+    assert text.startswith("ESTIMATE, not a measurement")
+    assert "\nconv4 " in text and "\nresnet10 " in text and "GPU hours for 2 runs" in text
