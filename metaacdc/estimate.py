@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.experiment import build_model
+from metaacdc.summary import forward_flops
 
 #: Assumed sustained throughput of one GPU: an A100 trains ResNet-50 in TF32 (PyTorch's
 #: default for convolutions) at about 800 images/s x 24.6 GFLOP (forward + backward), i.e.
@@ -85,13 +85,6 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _forward_flops(model: nn.Module, x: torch.Tensor) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return float(counter.get_total_flops())
-
-
 def _saved_bytes(model: nn.Module, x: torch.Tensor) -> float:
     storages: dict[int, int] = {}
 
@@ -108,8 +101,7 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> float:
 def model_costs(model: nn.Module, channels: int, image_size: int) -> ModelCosts:
     """Measure ``model``'s :class:`ModelCosts` with batches of 2 and 4 images (CPU)."""
     small, large = (torch.zeros(b, channels, image_size, image_size) for b in (2, 4))
-    model.eval()
-    flops = [_forward_flops(model, small), _forward_flops(model, large)]
+    flops = [float(forward_flops(model, image_size, channels, batch=b)) for b in (2, 4)]
     model.train()
     saved = [_saved_bytes(model, small), _saved_bytes(model, large)]
     counter = _OpCounter()

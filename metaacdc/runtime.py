@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,8 +34,11 @@ _GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 
 
 def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
+    return _load_glibc() if sys.platform.startswith("linux") else None
+
+
+@functools.cache  # loaded once: every evaluation (and validation) enters the scope
+def _load_glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -63,15 +63,15 @@ def conv_rows(model: nn.Module, image_size: int, in_channels: int = 3) -> list[C
     return rows
 
 
-def forward_flops(model: nn.Module, image_size: int, in_channels: int = 3) -> int:
-    """FLOPs (multiply and add counted separately) of one eval-mode forward of one image,
-    kernel reconstruction included, as counted by ``torch.utils.flop_counter``."""
+def forward_flops(model: nn.Module, image_size: int, in_channels: int = 3, batch: int = 1) -> int:
+    """FLOPs (multiply and add counted separately) of one eval-mode forward of ``batch``
+    images, kernel reconstruction included, as counted by ``torch.utils.flop_counter``."""
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size))
+            model(torch.zeros(batch, in_channels, image_size, image_size))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
