@@ -75,11 +75,11 @@ class _FirstWays(TaskLearner):
     """A task learner whose logits (hence its support loss) use the first ``ways`` outputs."""
 
     def __init__(self, task: TaskLearner, ways: int) -> None:
-        super().__init__(task.features, task.head, task.first_order, task.memory_format)
+        super().__init__(task.features, task.head, task.first_order, task.layouts)
         self.ways = ways
 
-    def __call__(self, x: Tensor) -> Tensor:
-        return super().__call__(x)[:, : self.ways]
+    def logits_in(self, x: Tensor, memory_format: torch.memory_format) -> Tensor:
+        return super().logits_in(x, memory_format)[:, : self.ways]
 
     def as_module(self) -> nn.Module:
         return FirstLogits(super().as_module(), self.ways)

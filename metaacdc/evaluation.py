@@ -30,6 +30,7 @@ from metaacdc.data.sampler import Episode
 from metaacdc.distributed import World
 from metaacdc.errors import check_positive_int
 from metaacdc.runtime import reuse_freed_memory
+from metaacdc.task_journal import TaskJournal
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def evaluate(
     progress: bool = True,
     workers: int = 0,
     world: World | None = None,
+    journal: TaskJournal | None = None,
 ) -> EvalResult:
     """Mean query accuracy of ``learner`` over episodes ``0 .. tasks-1`` of ``sampler``.
 
@@ -115,6 +117,8 @@ def evaluate(
         workers: background processes preparing episodes (0: in this process).
         world: the processes sharing the tasks (default
             :func:`metaacdc.distributed.current`); only rank 0 shows progress.
+        journal: where finished tasks are recorded as they finish; tasks it already holds
+            are not evaluated again (an interrupted evaluation resumes).
 
     Returns:
         The per-task accuracies and their mean ± 95% CI (fractions).
@@ -128,20 +132,48 @@ def evaluate(
         check_positive_int("inner_steps", inner_steps, minimum=0)
     check_positive_int("workers", workers, minimum=0)
     world = distributed.current() if world is None else world
-    mine = len(world.shard(tasks))
+    numbers = world.shard(tasks)  # the task numbers of this process's tasks
+    mine = len(numbers)
     local = ShardedSampler(sampler, world.size, [world.rank]) if world.distributed else sampler
+    finished = journal.finished() if journal is not None else {}
+    accuracies = np.array([finished.get(numbers[k], np.nan) for k in range(mine)])
+    todo = [k for k in range(mine) if np.isnan(accuracies[k])]
+    remaining = _Picked(local, todo)
     episodes: Iterable[Episode]
-    if workers > 0 and mine > 0:
-        episodes = episode_loader(local, mine, num_workers=workers)
+    if workers > 0 and todo:
+        episodes = episode_loader(remaining, len(todo), num_workers=workers)
     else:
-        episodes = (local.episode(k) for k in range(mine))
-    accuracies = np.empty(mine, dtype=np.float64)
+        episodes = (remaining.episode(j) for j in range(len(todo)))
     progress = progress and world.is_main
-    bar = tqdm(total=mine, desc="evaluating", unit="task", disable=not progress, leave=False)
-    with bar, reuse_freed_memory():
-        for k, episode in enumerate(episodes):
-            accuracies[k] = task_accuracy(learner, episode, inner_steps)
-            bar.update()
-            if progress and (k % 10 == 9 or k == mine - 1):
-                bar.set_postfix_str(f"acc {100 * accuracies[: k + 1].mean():.2f}%")
+    bar = tqdm(
+        total=mine,
+        initial=mine - len(todo),
+        desc="evaluating",
+        unit="task",
+        disable=not progress,
+        leave=False,
+    )
+    try:
+        with bar, reuse_freed_memory():
+            for done, (k, episode) in enumerate(zip(todo, episodes), start=mine - len(todo) + 1):
+                accuracies[k] = task_accuracy(learner, episode, inner_steps)
+                if journal is not None:
+                    journal.record(numbers[k], accuracies[k])
+                bar.update()
+                if progress and (done % 10 == 0 or done == mine):
+                    bar.set_postfix_str(f"acc {100 * np.nanmean(accuracies):.2f}%")
+    finally:
+        if journal is not None:
+            journal.close()
     return EvalResult.from_accuracies(distributed.gather_strided(accuracies, tasks, world))
+
+
+class _Picked:
+    """Episodes ``picks[0], picks[1], ...`` of ``sampler``, as episodes ``0, 1, ...``."""
+
+    def __init__(self, sampler: IndexedSampler, picks: list[int]) -> None:
+        self.sampler, self.picks = sampler, picks
+
+    def episode(self, j: int) -> Episode:
+        """Episode ``picks[j]`` of the sampler."""
+        return self.sampler.episode(self.picks[j])

@@ -18,6 +18,7 @@ from metaacdc.errors import ConfigError
 from metaacdc.evaluation import EvalResult, evaluate
 from metaacdc.experiment import evaluation_sampler, evaluation_transform
 from metaacdc.runfolder import RunFolder
+from metaacdc.task_journal import TaskJournal, weights_fingerprint
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,9 @@ def evaluate_run(
 ) -> RunEvaluation:
     """Evaluate run folder ``run`` on ``tasks`` tasks (default 3000, or a whole manifest)
     and write the per-task CSV to ``RUN_DIR/eval/<split>-<seed or manifest>-<n>tasks-<k>steps
-    .csv``; the run's own normalisation and test-time transform are used."""
+    .csv``; the run's own normalisation and test-time transform are used. Finished tasks
+    are journalled next to it (``<csv>.partial.<rank>``) until it is written, so the same
+    call after an interruption evaluates only the missing tasks."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     world = distributed.current()
@@ -80,6 +83,12 @@ def evaluate_run(
         sampler = evaluation_sampler(config, cached, learner.data, seed)
         tag = f"seed{seed}"
     steps = config.test_inner_steps if inner_steps is None else inner_steps
+    csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
+    journal = TaskJournal(
+        csv.with_name(csv.name + ".partial"), weights_fingerprint(learner.meta), world.rank
+    )
+    if world.is_main and (kept := len(journal.finished())):
+        print(f"resuming: {kept} of {tasks} tasks already evaluated", file=sys.stderr)
     result = evaluate(
         learner,
         sampler,
@@ -88,10 +97,12 @@ def evaluate_run(
         progress=progress,
         workers=workers,
         world=world,
+        journal=journal,
     )
-    csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
+    # evaluate() gathered every process's accuracies: all journals are complete
     if world.is_main:
         result.to_csv(csv)
+        journal.remove()
     distributed.barrier(world)  # the CSV exists when this returns on any process
     return RunEvaluation(config, result, csv, ways, shots, tasks)
 

@@ -152,6 +152,7 @@ def test_distributed_evaluation_equals_single_process(jobs: dict) -> None:
     one = pd.read_csv(jobs["one"] / "untrained" / "eval" / name, dtype={"task": str})
     assert list(two.task) == [*map(str, range(MANIFEST_TASKS)), "mean", "ci95"]
     np.testing.assert_array_equal(two.accuracy.to_numpy(), one.accuracy.to_numpy())
+    assert not list((jobs["two"] / "untrained" / "eval").glob("*.partial.*")), "journals left"
     assert jobs["stdout"].count("per-task accuracies:") == 1, "only rank 0 prints"
     assert jobs["stdout"].count("finished; best validation accuracy") == 3  # and 1 stopped
 

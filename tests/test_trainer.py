@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -85,6 +87,21 @@ def test_ctrl_c_saves_the_last_completed_update(tmp_path: Path, monkeypatch) -> 
     train(tiny(), tmp_path / "killed", resume=True, progress=False)
     whole, killed = parameters(tmp_path / "whole"), parameters(tmp_path / "killed")
     assert all(torch.equal(whole[n], killed[n]) for n in whole)
+
+
+def test_hard_kill_loses_at_most_the_checkpoint_interval(tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+
+    def killed(*args: object, **kwargs: object):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise SystemExit("killed")  # nothing is saved on the way out, as with SIGKILL
+        return meta_train_step(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "meta_train_step", killed)
+    with pytest.raises(SystemExit):  # no validation before the kill (val_every=5)
+        train(tiny(val_every=5), tmp_path / "run", progress=False, checkpoint_every_s=0.0)
+    assert torch.load(RunFolder(tmp_path / "run").last, weights_only=True)["step"] == 3
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good(tmp_path: Path, monkeypatch) -> None:
@@ -216,3 +233,22 @@ def test_demo_configuration_learns_well_above_chance(tmp_path: Path) -> None:
     config = TrainConfig.from_dict(load_config_file(REPO / "configs" / "demo.yaml"))
     summary = train(config, tmp_path / "run", progress=False)
     assert summary.best_val is not None and summary.best_val > 0.35
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "metaacdc", "train", "--image-size", "16"]
+    command += ["--meta-updates", "100000", "--inner-steps", "1", "--out", str(run)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    log = run / "log.txt"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "starting" in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    time.sleep(2.0)  # a few meta-updates
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "interrupted; saved meta-update" in log.read_text()
+    assert RunFolder(run).last.is_file()

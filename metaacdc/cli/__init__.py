@@ -6,6 +6,7 @@ User mistakes (``ConfigError`` and missing files) are reported in one line, exit
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a polite kill (SIGTERM, e.g. a session ending) is handled like Ctrl-C: training saves a
+    # checkpoint, `curve` keeps what is finished
+    polite_kill = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, FileNotFoundError) as error:
@@ -47,3 +51,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metaacdc {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, polite_kill)

@@ -8,7 +8,6 @@ Settings come from the protocol defaults, then ``--config FILE``, then the comma
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = resolve(config_from_args(args))
     out = args.out or Path("runs") / run_name(config)
-    # a polite kill (SIGTERM, e.g. a session ending) saves a checkpoint like Ctrl-C does
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with distributed.join(config.device) as world:
         try:
             summary = train(config, out, resume=args.resume, stop_after=args.stop_after)

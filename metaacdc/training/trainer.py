@@ -115,6 +115,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    checkpoint_every_s: float | None = 600.0,
 ) -> RunSummary:
     """Meta-train ``config`` into run folder ``out`` (see :mod:`metaacdc.runfolder`).
 
@@ -135,6 +136,9 @@ def train(
         stop_after: do at most this many meta-updates in this call (a session's share of
             a long run); the run can be resumed later.
         progress: show a progress bar.
+        checkpoint_every_s: also save the last checkpoint when this much wall time has
+            passed since the previous save, so a hard kill (SIGKILL, a machine going away)
+            loses at most that much work; ``None``: only at validations and on Ctrl-C.
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf.
@@ -233,6 +237,7 @@ def train(
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
     )
     started, updates_done = time.perf_counter(), 0
+    saved_at = started
     learner.train()
     try:
         for tasks in _meta_batches(iter(loader), len(mine)):
@@ -292,6 +297,13 @@ def train(
                 if improved:
                     save(folder.best, step)
                 save(folder.last, step)
+                saved_at = time.perf_counter()
+            elif (
+                checkpoint_every_s is not None
+                and time.perf_counter() - saved_at >= checkpoint_every_s
+            ):
+                save(folder.last, step)
+                saved_at = time.perf_counter()
     except KeyboardInterrupt:
         # the interrupted meta-update is discarded: save the state before it began
         save(folder.last, step)
