@@ -76,7 +76,7 @@ class TaskLearner:
     def __call__(self, x: Tensor) -> Tensor:
         """Logits of the adapted model (query layout)."""
         if self._hand_back_pending:
-            self._hand_back_in_support_layout()
+            self._hand_back_contiguous()
         return self.logits_in(x, self.layouts.query)
 
     def adapt(self, loss: Tensor) -> None:
@@ -88,7 +88,7 @@ class TaskLearner:
             not self.first_order and self.layouts.query != self.layouts.support
         )
 
-    def _hand_back_in_support_layout(self) -> None:
+    def _hand_back_contiguous(self) -> None:
         """Make the gradients of the adapted weights contiguous before they enter the
         second-order graph of the inner loop.
 
