@@ -5,6 +5,7 @@ shared out (see :func:`metaacdc.evaluation.evaluate`) and rank 0 writes the CSV.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from metaacdc.errors import ConfigError
 from metaacdc.evaluation import EvalResult, evaluate
 from metaacdc.experiment import evaluation_sampler, evaluation_transform
 from metaacdc.runfolder import RunFolder
+from metaacdc.runlock import claim, evaluation_lock
 from metaacdc.task_journal import TaskJournal, weights_fingerprint
 
 
@@ -50,7 +52,9 @@ def evaluate_run(
     and write the per-task CSV to ``RUN_DIR/eval/<split>-<seed or manifest>-<n>tasks-<k>steps
     .csv``; the run's own normalisation and test-time transform are used. Finished tasks
     are journalled next to it (``<csv>.partial.<rank>``) until it is written, so the same
-    call after an interruption evaluates only the missing tasks."""
+    call after an interruption evaluates only the missing tasks. Another process
+    evaluating the same tasks meanwhile is refused (``RunBusyError``, see
+    :mod:`metaacdc.runlock`)."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     world = distributed.current()
@@ -84,25 +88,31 @@ def evaluate_run(
         tag = f"seed{seed}"
     steps = config.test_inner_steps if inner_steps is None else inner_steps
     csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
-    journal = TaskJournal(
-        csv.with_name(csv.name + ".partial"), weights_fingerprint(learner.meta), world.rank
+    claimed = (
+        claim(evaluation_lock(csv), f"evaluation {csv}")
+        if world.is_main
+        else contextlib.nullcontext()
     )
-    if world.is_main and (kept := len(journal.finished())):
-        print(f"resuming: {kept} of {tasks} tasks already evaluated", file=sys.stderr)
-    result = evaluate(
-        learner,
-        sampler,
-        tasks,
-        inner_steps=steps,
-        progress=progress,
-        workers=workers,
-        world=world,
-        journal=journal,
-    )
-    # evaluate() gathered every process's accuracies: all journals are complete
-    if world.is_main:
-        result.to_csv(csv)
-        journal.remove()
+    with claimed:
+        journal = TaskJournal(
+            csv.with_name(csv.name + ".partial"), weights_fingerprint(learner.meta), world.rank
+        )
+        if world.is_main and (kept := len(journal.finished())):
+            print(f"resuming: {kept} of {tasks} tasks already evaluated", file=sys.stderr)
+        result = evaluate(
+            learner,
+            sampler,
+            tasks,
+            inner_steps=steps,
+            progress=progress,
+            workers=workers,
+            world=world,
+            journal=journal,
+        )
+        # evaluate() gathered every process's accuracies: all journals are complete
+        if world.is_main:
+            result.to_csv(csv)
+            journal.remove()
     distributed.barrier(world)  # the CSV exists when this returns on any process
     return RunEvaluation(config, result, csv, ways, shots, tasks)
 

@@ -22,6 +22,8 @@ from metaacdc.curves import (
     references_for,
 )
 from metaacdc.errors import ConfigError
+from metaacdc.runfolder import RunFolder
+from metaacdc.runlock import claim, training_lock
 from tests.conftest import REPO
 
 matplotlib.use("Agg")
@@ -111,6 +113,22 @@ def test_report_matches_curve_table(tmp_path, base_config) -> None:
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "report" / "curve.csv"), pd.read_csv(out / "curve.csv")
     )
+
+
+def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys) -> None:
+    """Two `curve` commands on one --out share the grid: a run claimed by one is skipped by
+    the other, whose report lacks it until a later pass."""
+    out = tmp_path / "curve"
+    busy = out / "conv4-plain-synthetic-5w1s-seed0"
+    with claim(training_lock(busy), "training"):
+        assert curve(out, base_config) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("in progress in another process; skipped") == 1
+    assert "1 run(s) left to the other process(es)" in printed
+    assert not RunFolder(busy).last.exists()
+    assert len(pd.read_csv(out / "curve.csv")) == 3
+    assert curve(out, base_config) == 0
+    assert busy.name in set(pd.read_csv(out / "curve.csv")["run"])
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from metaacdc.cli.options import conv_spec
 from metaacdc.config import TrainConfig, load_config_file
 from metaacdc.convs import ACDC_SHARES
 from metaacdc.errors import ConfigError, check_positive_int
+from metaacdc.runlock import RunBusyError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,7 +151,7 @@ def run_curve(args: argparse.Namespace) -> int:
         write_report,
     )
     from metaacdc.run_evaluation import evaluate_run
-    from metaacdc.runfolder import run_name
+    from metaacdc.runfolder import RunFolder, run_name
     from metaacdc.training import train
 
     configs = _grid(args)
@@ -169,29 +170,40 @@ def run_curve(args: argparse.Namespace) -> int:
             )
         episodes.append(manifests.get((config.ways, config.shots)))
     run_dirs = []
+    busy = 0
     for index, (config, manifest) in enumerate(zip(configs, episodes), 1):
         run_dir = args.out / run_name(config)
         run_dirs.append(run_dir)
         print(f"[{index}/{len(configs)}] {run_dir.name}", flush=True)
-        if not is_finished(run_dir):
-            summary = train(
-                config,
-                run_dir,
-                resume=(run_dir / "checkpoints" / "last.pt").is_file(),
-                stop_after=args.stop_after,
-            )
-            if not summary.finished:
-                print(f"  stopped at meta-update {summary.step}; rerun to continue")
-                continue
-        evaluated = evaluation_file(run_dir, args.tasks, manifest)
-        if evaluated is None:
-            outcome = evaluate_run(
-                run_dir, tasks=args.tasks, episodes=manifest, progress=sys.stderr.isatty()
-            )
-            print(f"  {outcome.result}")
-        else:
-            print(f"  finished and evaluated ({evaluated.name}); skipped")
-    table = summarise([d for d in run_dirs if d.is_dir()])
+        try:
+            if not is_finished(run_dir):
+                summary = train(
+                    config,
+                    run_dir,
+                    resume=(run_dir / "checkpoints" / "last.pt").is_file(),
+                    stop_after=args.stop_after,
+                )
+                if not summary.finished:
+                    print(f"  stopped at meta-update {summary.step}; rerun to continue")
+                    continue
+            evaluated = evaluation_file(run_dir, args.tasks, manifest)
+            if evaluated is None:
+                outcome = evaluate_run(
+                    run_dir, tasks=args.tasks, episodes=manifest, progress=sys.stderr.isatty()
+                )
+                print(f"  {outcome.result}")
+            else:
+                print(f"  finished and evaluated ({evaluated.name}); skipped")
+        except RunBusyError:
+            busy += 1
+            print("  in progress in another process; skipped")
+    if busy:
+        print(
+            f"{busy} run(s) left to the other process(es) working on {args.out}; the report "
+            "below lacks them until one of those processes (or `metaacdc report`) reports "
+            "again"
+        )
+    table = summarise([d for d in run_dirs if RunFolder(d).config.is_file()])
     for path in write_report(table, args.out, _references(args.reference, table)):
         print(path)
     return 0

@@ -8,6 +8,7 @@ depends on the number of processes, so a run can be resumed with another number.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
@@ -37,6 +38,7 @@ from metaacdc.experiment import (
 )
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runfolder import RunFolder, save_learner
+from metaacdc.runlock import claim, training_lock
 from metaacdc.training.step import meta_train_step
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
@@ -144,6 +146,7 @@ def train(
         TrainingDivergedError: the loss became NaN/inf.
         KeyboardInterrupt: after saving a checkpoint of the last completed meta-update.
         ConfigError: more processes than tasks in a meta-batch, among others.
+        RunBusyError: another process is training ``out`` (see :mod:`metaacdc.runlock`).
     """
     config = resolve(config)
     world = distributed.current()
@@ -154,6 +157,29 @@ def train(
             f"{config.meta_batch} processes or a larger --meta-batch"
         )
     folder = RunFolder(Path(out))
+    if resume and not folder.last.is_file():
+        raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
+    claimed = (
+        claim(training_lock(folder.root), f"training {folder.root}")
+        if world.is_main
+        else contextlib.nullcontext()
+    )
+    with claimed:
+        return _train_claimed(
+            config, folder, world, resume, stop_after, progress, checkpoint_every_s
+        )
+
+
+def _train_claimed(
+    config: TrainConfig,
+    folder: RunFolder,
+    world: distributed.World,
+    resume: bool,
+    stop_after: int | None,
+    progress: bool,
+    checkpoint_every_s: float | None,
+) -> RunSummary:
+    """The body of :func:`train`, once this process (rank 0) holds the run's claim."""
     payload = None
     if folder.last.is_file():
         if not resume:
@@ -163,8 +189,6 @@ def train(
             )
         payload = load_checkpoint(folder.last)
         _check_same_run(payload["config"], config, folder.root)
-    elif resume:
-        raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
     assert config.meta_updates is not None and config.test_inner_steps is not None
 
     device = world.device_for(select_device(config.device))
