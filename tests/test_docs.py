@@ -16,6 +16,7 @@ import pytest
 from metaacdc.cli import build_parser
 from metaacdc.curves import COLUMNS
 from metaacdc.model_table import TABLE_COLUMNS
+from metaacdc.training.trainer import METRICS
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", REPO / "data" / "README.md", REPO / "episodes" / "README.md"]
@@ -112,7 +113,7 @@ def _markdown_header(path: Path) -> tuple[str, ...]:
 
 
 #: which command writes each kind of committed table, by file stem
-TABLE_KINDS = {"curve": COLUMNS, "model_table": TABLE_COLUMNS}
+TABLE_KINDS = {"curve": COLUMNS, "model_table": TABLE_COLUMNS, "metrics": METRICS}
 TABLES = sorted(
     p for p in (REPO / "docs").glob("**/*") if p.suffix in (".csv", ".md") and p.stem in TABLE_KINDS
 )
