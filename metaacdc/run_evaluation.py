@@ -5,7 +5,6 @@ shared out (see :func:`metaacdc.evaluation.evaluate`) and rank 0 writes the CSV.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -88,12 +87,7 @@ def evaluate_run(
         tag = f"seed{seed}"
     steps = config.test_inner_steps if inner_steps is None else inner_steps
     csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
-    claimed = (
-        claim(evaluation_lock(csv), f"evaluation {csv}")
-        if world.is_main
-        else contextlib.nullcontext()
-    )
-    with claimed:
+    with claim(evaluation_lock(csv), f"evaluation {csv}", hold=world.is_main):
         journal = TaskJournal(
             csv.with_name(csv.name + ".partial"), weights_fingerprint(learner.meta), world.rank
         )

@@ -35,12 +35,16 @@ def evaluation_lock(csv: Path) -> Path:
 
 
 @contextmanager
-def claim(lock_file: Path, work: str) -> Iterator[None]:
-    """Hold ``lock_file`` for the ``with`` block.
+def claim(lock_file: Path, work: str, *, hold: bool = True) -> Iterator[None]:
+    """Hold ``lock_file`` for the ``with`` block; nothing when ``hold`` is false (the
+    processes of a ``torch.distributed`` job other than rank 0, which write nothing).
 
     Raises:
         RunBusyError: another process holds it; the message names ``work``.
     """
+    if not hold:
+        yield
+        return
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_file, blocking=False)
     try:

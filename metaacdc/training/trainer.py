@@ -8,7 +8,6 @@ depends on the number of processes, so a run can be resumed with another number.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import sys
@@ -159,12 +158,7 @@ def train(
     folder = RunFolder(Path(out))
     if resume and not folder.last.is_file():
         raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
-    claimed = (
-        claim(training_lock(folder.root), f"training {folder.root}")
-        if world.is_main
-        else contextlib.nullcontext()
-    )
-    with claimed:
+    with claim(training_lock(folder.root), f"training {folder.root}", hold=world.is_main):
         return _train_claimed(
             config, folder, world, resume, stop_after, progress, checkpoint_every_s
         )
