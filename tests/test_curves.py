@@ -105,6 +105,16 @@ def test_curve_stop_after_then_resume(tmp_path, base_config, capsys) -> None:
     assert len(pd.read_csv(out / "curve.csv")) == 4
 
 
+def test_curve_command_line_overrides_the_config_file(tmp_path, base_config) -> None:
+    out = tmp_path / "curve"
+    overrides = ["--inner-lr", "0.05", "--meta-updates", "3", "--stop-after", "1"]
+    assert curve(out, base_config, *overrides) == 0
+    configs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*/config.yaml"))]
+    assert len(configs) == 4
+    assert all(c["inner_lr"] == 0.05 and c["meta_updates"] == 3 for c in configs)
+    assert all(c["val_tasks"] == TINY["val_tasks"] for c in configs)
+
+
 def test_report_matches_curve_table(tmp_path, base_config) -> None:
     out = tmp_path / "curve"
     assert curve(out, base_config) == 0

@@ -23,6 +23,7 @@ OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("--dataset", "dataset", str),
     ("--ways", "ways", int),
     ("--meta-updates", "meta_updates", int),
+    ("--inner-lr", "inner_lr", float),
     ("--image-size", "image_size", int),
     ("--atoms", "atoms", int),
     ("--seed", "seed", int),
@@ -180,7 +181,7 @@ def run_curve(args: argparse.Namespace) -> int:
                 summary = train(
                     config,
                     run_dir,
-                    resume=(run_dir / "checkpoints" / "last.pt").is_file(),
+                    resume=RunFolder(run_dir).last.is_file(),
                     stop_after=args.stop_after,
                 )
                 if not summary.finished:
