@@ -262,6 +262,8 @@ def test_shipped_manifests_by_task_shape() -> None:
     [
         (["--episodes", "episodes/miniimagenet-test-5w1s-15q.json"], "no --episodes manifest of"),
         (["--data", "a", "b"], "--data a: not a prepared cache"),
+        (["--inner-lr", "0"], "inner_lr=0.0 is not valid; expected a positive number"),
+        (["--inner-lr", "fast"], "argument --inner-lr: invalid float value: 'fast'"),
     ],
 )
 def test_curve_option_errors(tmp_path, base_config, extra, message) -> None:
