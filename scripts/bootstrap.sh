@@ -17,6 +17,29 @@ rm -f "$STAMP"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -qq --disable-pip-version-check)
 
+# Installing torch's CUDA build takes about 6 GB in .venv and, while pip unpacks it, about
+# 2 GB more under $TMPDIR (measured peak: 8.0 GB on one disk). Say so up front instead of
+# letting pip fail half-way with "No space left on device".
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+disk_of() { df -P "$1" | awk 'NR == 2 { print $1 }'; }
+need_disk() {
+    local tmp=${TMPDIR:-/tmp} venv_gb tmp_gb
+    venv_gb=$(free_gb "$VENV")
+    tmp_gb=$(free_gb "$tmp")
+    if [ "$(disk_of "$VENV")" = "$(disk_of "$tmp")" ]; then
+        [ "$venv_gb" -ge 8 ] && return
+        echo "bootstrap: installing torch needs about 8 GB free on the disk of $VENV and" \
+            "$tmp; it has $venv_gb GB. Free some space, or set TMPDIR to another disk." >&2
+    else
+        [ "$venv_gb" -ge 6 ] && [ "$tmp_gb" -ge 2 ] && return
+        echo "bootstrap: installing torch needs about 6 GB free for $VENV (it has" \
+            "$venv_gb GB) and 2 GB for $tmp (it has $tmp_gb GB). Free some space." >&2
+    fi
+    exit 1
+}
+has_torch='import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'
+"$VENV/bin/python" -c "$has_torch" || need_disk
+
 echo "bootstrap: torch and torchvision (resolved together from the registry)"
 "${PIP[@]}" "${TORCH_PINS[@]}"
 
