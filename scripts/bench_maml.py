@@ -1,7 +1,8 @@
 """MAML speed: the project's training step and evaluator against plain learn2learn loops.
 
 Both sides use the same backbone, data, tasks and settings, and are measured in the same run,
-each measurement in a fresh process, interleaved over ``--rounds`` (medians reported):
+each measurement in a fresh process, interleaved over ``--rounds`` (medians reported, and
+the project/reference ratio of each round, since this machine's speed drifts between rounds):
 
 * training: tasks/s of ``metaacdc.training.meta_train_step`` against the loop of
   learn2learn's own MAML example (clone, adapt, query loss backward per task, one Adam
@@ -214,6 +215,9 @@ def main() -> None:
             rate = median(side, job, "rate")
             print(f"  {side:22s} {rate:6.2f} {unit}   project/this {project / rate:5.2f}")
         print(f"  {'project':22s} {project:6.2f} {unit}   target >= {target} vs reference")
+        rounds = zip(results[("project", job)], results[("reference", job)])
+        ratios = sorted(mine["rate"] / theirs["rate"] for mine, theirs in rounds)
+        print(f"  project/reference round by round: {', '.join(f'{r:.2f}' for r in ratios)}")
     eval_minutes = 3000 / median("project", "eval", "rate") / 60
     print(f"3,000 evaluation tasks: {eval_minutes:.1f} min (target <= 15)")
     print("peak memory of the training process (RSS):")
