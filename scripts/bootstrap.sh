@@ -21,7 +21,7 @@ PIP=("$VENV/bin/python" -m pip install -qq --disable-pip-version-check)
 # 2 GB more under $TMPDIR (measured peak: 8.0 GB on one disk). Say so up front instead of
 # letting pip fail half-way with "No space left on device".
 free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
-disk_of() { df -P "$1" | awk 'NR == 2 { print $1 }'; }
+disk_of() { stat -c %d "$1"; }
 need_disk() {
     local tmp=${TMPDIR:-/tmp} venv_gb tmp_gb
     venv_gb=$(free_gb "$VENV")
