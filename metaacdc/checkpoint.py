@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of plain types and tensors only (no pickled code): the resolved
 config, the data's preprocessing facts, the step, model and optimizer state and the best
-validation accuracy so far.
+validation accuracy so far. Its tensors are stored on the CPU, so that a checkpoint written
+during GPU training also opens with a plain ``torch.load`` on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -20,9 +21,21 @@ FORMAT = 1
 REQUIRED = ("format", "config", "data", "step", "model")
 
 
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor inside its dicts, lists and tuples moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and an atomic rename, so an
-    interruption never leaves a truncated checkpoint behind."""
+    """Write ``payload`` (its tensors moved to the CPU) to ``path`` through a temporary file
+    and an atomic rename, so an interruption never leaves a truncated checkpoint behind."""
+    payload = _on_cpu(payload)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

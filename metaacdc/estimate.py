@@ -1,24 +1,33 @@
 """Up-front estimates of a run's GPU time and peak GPU memory, from counts taken on the CPU.
 
-Nothing here runs on a GPU; the numbers are estimates from a stated cost model:
+Nothing here runs on a GPU; the numbers come from a cost model calibrated on one GPU:
 
 * **work**: the FLOPs of one forward of a batch (``torch.utils.flop_counter``, ACDC kernel
   reconstruction counted once per batch), a backward counted as 2 forwards, and a
   second-order meta-gradient as the inner loop's forward+backward once more. A training
   task is ``inner_steps`` forward+backward passes on the support set plus one on the
   queries; an evaluation task ``test_inner_steps`` on the support plus one query forward.
-* **time** per task: the larger of its FLOPs at :data:`GPU_TFLOPS` and its count of
-  PyTorch operator calls at :data:`OP_OVERHEAD_S` each (small models on GPUs are bound by
-  launching kernels, not by arithmetic). Training + validation + test evaluation.
+* **operators**: the operator calls that launch work in one training task and in one
+  evaluation task (views and other relabellings of memory left out), counted by running
+  each once on the CPU on small random images: the count does not depend on image size.
+* **time** per task: the larger of its FLOPs at :data:`GPU_TFLOPS` and its operators at
+  :data:`OP_OVERHEAD_S` each (MAML's batches of 5 to 80 images leave a GPU waiting on the
+  launches, not on arithmetic). Training + validation + test evaluation.
 * **memory**: the bytes autograd saves for backward in one training-mode forward (counted
   with ``saved_tensors_hooks``, each storage once), for the largest batch a task keeps
   alive (the queries; with second order, every inner step's support graph, counted twice
   for the double backward, as well), plus parameters, gradients and Adam state, plus
-  :data:`CUDA_OVERHEAD_BYTES` for the CUDA context and cuDNN workspaces.
+  :data:`CUDA_OVERHEAD_BYTES` for the CUDA context.
+
+Calibration (``scripts/bench_gpu_runs.py`` on an H100, ``docs/gpu-runs-h100*/``): every run
+of the paper grid was bound by operator launches, at 14 to 59 us per operator, so the host
+CPU sets the pace (a second start of the same kind of machine was 1.2 to 2.2x slower); the
+most arithmetic, ResNet34 5-shot, sustained 44 TFLOP/s while still launch-bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,38 +37,57 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from metaacdc.config import TrainConfig, resolve
+from metaacdc.data import Episode
 from metaacdc.experiment import build_model
 from metaacdc.summary import forward_flops
 
-#: Assumed sustained throughput of one GPU: an A100 trains ResNet-50 in TF32 (PyTorch's
-#: default for convolutions) at about 800 images/s x 24.6 GFLOP (forward + backward), i.e.
-#: about 20 TFLOP/s; MAML's batches of 5 to 80 images do not do better.
-GPU_TFLOPS = 20.0
-#: Assumed cost of one eager PyTorch operator call on a GPU (Python dispatch + kernel
-#: launch, typically 5 to 20 us).
-OP_OVERHEAD_S = 10e-6
-#: Assumed fixed GPU memory: CUDA context, cuDNN workspaces, allocator slack.
-CUDA_OVERHEAD_BYTES = 1.5 * 2**30
+#: Assumed sustained arithmetic rate of one GPU for these batches. No measured run was
+#: bound by it (see the module docstring), so it is an assumption: about a fifth of an
+#: H100's dense TF32 rate, above the 44 TFLOP/s measured while launch-bound.
+GPU_TFLOPS = 100.0
+#: Cost of one launched operator (Python dispatch, autograd, kernel launch), fitted on an
+#: H100: the estimated total of the 1-shot grid's 10 runs equals the mean of two measured
+#: totals (63.2 and 91.4 GPU hours, on two starts of the machine). Per task it ranged from
+#: 14 us (second-order Conv4/6 training) to 59 us (first-order ResNet training).
+OP_OVERHEAD_S = 30e-6
+#: Fixed GPU memory: the CUDA context, as measured on an H100 (0.51 GiB).
+CUDA_OVERHEAD_BYTES = 0.5 * 2**30
+#: Image size at which operators are counted.
+_COUNTING_SIZE = 32
+#: Operators that relabel memory without launching work.
+_METADATA_OPS = frozenset(
+    {
+        "alias", "as_strided", "detach", "expand", "lift_fresh", "permute", "select",
+        "slice", "split", "squeeze", "t", "transpose", "unbind", "unsqueeze", "view",
+        "_reshape_alias", "_unsafe_view",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ModelCosts:
     """Per-forward costs of one model, affine in the batch size ``b``: ``fixed + b *
-    per_image`` (FLOPs and saved bytes); ``ops`` operator calls per forward."""
+    per_image`` (FLOPs and saved bytes)."""
 
     flops_fixed: float
     flops_per_image: float
     saved_fixed: float
     saved_per_image: float
-    ops: int
     parameters: int
-    parameter_tensors: int
 
     def flops(self, batch: int) -> float:
         return self.flops_fixed + batch * self.flops_per_image
 
     def saved(self, batch: int) -> float:
         return self.saved_fixed + batch * self.saved_per_image
+
+
+@dataclass(frozen=True)
+class TaskOps:
+    """Operators that launch work in one training task and one evaluation task."""
+
+    train: int
+    eval: int
 
 
 @dataclass(frozen=True)
@@ -74,14 +102,15 @@ class RunEstimate:
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts operator calls reaching the dispatcher."""
+    """Counts the operator calls reaching the dispatcher that launch work."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.count += 1
+        if func.overloadpacket.__name__ not in _METADATA_OPS:
+            self.count += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -104,25 +133,61 @@ def model_costs(model: nn.Module, channels: int, image_size: int) -> ModelCosts:
     flops = [float(forward_flops(model, image_size, channels, batch=b)) for b in (2, 4)]
     model.train()
     saved = [_saved_bytes(model, small), _saved_bytes(model, large)]
-    counter = _OpCounter()
-    with counter:
-        model(small)
-    params = [p for p in model.parameters() if p.requires_grad]
     per_image_flops, per_image_saved = (flops[1] - flops[0]) / 2, (saved[1] - saved[0]) / 2
     return ModelCosts(
         flops_fixed=max(flops[0] - 2 * per_image_flops, 0.0),
         flops_per_image=per_image_flops,
         saved_fixed=max(saved[0] - 2 * per_image_saved, 0.0),
         saved_per_image=per_image_saved,
-        ops=counter.count,
-        parameters=sum(p.numel() for p in params),
-        parameter_tensors=len(params),
+        parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+
+def task_ops(config: TrainConfig, channels: int) -> TaskOps:
+    """Count the operators of one training task (adaptation, query loss, meta-gradient) and
+    one evaluation task (first-order adaptation, queries classified) of ``config``, each run
+    once on the CPU on random images of :data:`_COUNTING_SIZE` px. The global random state
+    is left as it was."""
+    from metaacdc.api import Learner
+    from metaacdc.maml.learner import MetaLearner
+    from metaacdc.training.step import meta_train_step
+
+    config = resolve(dataclasses.replace(config, image_size=_COUNTING_SIZE))
+    assert config.first_order is not None
+    cpu = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config, channels)
+        meta = MetaLearner(model, config.inner_lr, config.first_order, config.adapt)
+        labels = torch.arange(config.ways)
+        shape = (channels, _COUNTING_SIZE, _COUNTING_SIZE)
+        support = torch.randn(config.ways * config.shots, *shape)
+        query = torch.randn(config.ways * config.queries, *shape)
+        task = Episode(
+            support,
+            labels.repeat_interleave(config.shots),
+            query,
+            labels.repeat_interleave(config.queries),
+            labels,
+        )
+        # the per-update optimizer step is not a task's: a step over no gradients
+        idle = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        meta.train()
+        with _OpCounter() as train:
+            meta_train_step(meta, [task], idle, config.inner_steps, cpu)
+        facts: dict[str, Any] = {"channels": channels, "image_size": _COUNTING_SIZE}
+        facts |= {"mean": [0.0] * channels, "std": [1.0] * channels, "inverted": False}
+        learner = Learner(meta, config, facts, cpu)
+        test_query = torch.randn(config.ways * config.test_queries, *shape)
+        with _OpCounter() as evaluation:
+            learner.predict(support, task.support_y, test_query)
+    return TaskOps(train=train.count, eval=evaluation.count)
 
 
 def estimate_run(
     config: TrainConfig,
     costs: ModelCosts,
+    ops: TaskOps,
     test_tasks: int = 3000,
     tflops: float = GPU_TFLOPS,
     op_overhead_s: float = OP_OVERHEAD_S,
@@ -134,21 +199,17 @@ def estimate_run(
     order = 1 if config.first_order else 2  # second order: the inner loop once more
     inner_flops = config.inner_steps * 3 * costs.flops(support)
     train_task = order * inner_flops + 3 * costs.flops(config.ways * config.queries)
-    # per inner step: forward + backward (2x) calls, and one update call per parameter tensor
-    step_ops = 3 * costs.ops + costs.parameter_tensors
-    train_ops = order * config.inner_steps * step_ops + 3 * costs.ops
     eval_query = config.ways * config.test_queries
     eval_task = config.test_inner_steps * 3 * costs.flops(support) + costs.flops(eval_query)
-    eval_ops = config.test_inner_steps * step_ops + costs.ops
     validations = math.ceil(config.meta_updates / config.val_every)
     train_count = config.meta_updates * config.meta_batch
     eval_count = validations * config.val_tasks + test_tasks
 
-    def seconds(flops: float, ops: float) -> float:
-        return max(flops / (tflops * 1e12), ops * op_overhead_s)
+    def seconds(flops: float, launches: int) -> float:
+        return max(flops / (tflops * 1e12), launches * op_overhead_s)
 
-    total_s = train_count * seconds(train_task, train_ops) + eval_count * seconds(
-        eval_task, eval_ops
+    total_s = train_count * seconds(train_task, ops.train) + eval_count * seconds(
+        eval_task, ops.eval
     )
     graphs = costs.saved(config.ways * config.queries)
     if not config.first_order:
@@ -165,28 +226,39 @@ def estimate_run(
 
 
 def estimate_grid(configs: list[TrainConfig], test_tasks: int = 3000) -> list[RunEstimate]:
-    """:func:`estimate_run` for each config, measuring each distinct model once."""
+    """:func:`estimate_run` for each config, measuring each distinct model and counting
+    each distinct task once."""
     measured: dict[tuple[Any, ...], ModelCosts] = {}
+    counted: dict[tuple[Any, ...], TaskOps] = {}
     estimates = []
     for config in configs:
         config = resolve(config)
         assert config.image_size is not None
         channels = 1 if config.dataset == "omniglot" else 3
-        key = (config.backbone, config.conv, config.atoms, config.group_size, config.image_size)
+        model_key = (config.backbone, config.conv, config.atoms, config.group_size)
+        key = (*model_key, config.image_size)
         if key not in measured:
             model = build_model(config, channels)
             measured[key] = model_costs(model, channels, config.image_size)
-        estimates.append(estimate_run(config, measured[key], test_tasks))
+        task_key = (
+            *model_key,
+            *(config.first_order, config.inner_steps, config.test_inner_steps, config.adapt),
+            *(config.ways, channels),
+        )
+        if task_key not in counted:
+            counted[task_key] = task_ops(config, channels)
+        estimates.append(estimate_run(config, measured[key], counted[task_key], test_tasks))
     return estimates
 
 
 def format_estimates(estimates: list[RunEstimate]) -> str:
     """The table ``metaacdc curve --estimate`` prints, with its assumptions and totals."""
     lines = [
-        "ESTIMATE, not a measurement: GPU hours and peak GPU memory per run, from FLOPs and",
-        "saved activations counted on the CPU (metaacdc/estimate.py), assuming a sustained",
-        f"{GPU_TFLOPS:g} TFLOP/s, {OP_OVERHEAD_S * 1e6:g} us per PyTorch operator call and "
-        f"{CUDA_OVERHEAD_BYTES / 2**30:g} GiB of CUDA overhead.",
+        "ESTIMATE, not a measurement: GPU hours and peak GPU memory per run, from FLOPs,",
+        "operators and saved activations counted on the CPU (metaacdc/estimate.py), at",
+        f"{OP_OVERHEAD_S * 1e6:g} us per launched operator (fitted on one H100, where every "
+        "run was launch-bound),",
+        f"{GPU_TFLOPS:g} TFLOP/s and {CUDA_OVERHEAD_BYTES / 2**30:g} GiB of CUDA context.",
         "",
         f"{'backbone':<9} {'conv':<12} {'shots':>5} {'order':>6} {'px':>4} "
         f"{'train TFLOP':>12} {'eval TFLOP':>11} {'GPU h':>7} {'peak GiB':>9}",

@@ -111,6 +111,11 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+    else:
+        count = torch.cuda.device_count()
+        assert resolve_device(f"cuda:{count - 1}") == torch.device("cuda", count - 1)
+        with pytest.raises(ConfigError, match=f"has {count} CUDA device"):
+            resolve_device(f"cuda:{count}")
 
 
 # --------------------------------------------------------------------- preprocessing

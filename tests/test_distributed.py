@@ -45,7 +45,7 @@ def torchrun(*args: str, timeout: float = 300, **env: str) -> subprocess.Complet
         text=True,
         cwd=REPO,
         timeout=timeout,
-        env={**os.environ, **env},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},  # as in one_thread() below
     )
 
 

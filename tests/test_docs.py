@@ -4,6 +4,7 @@ the command that writes it."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -112,8 +113,22 @@ def _markdown_header(path: Path) -> tuple[str, ...]:
     raise AssertionError(f"{path}: no Markdown table")
 
 
+def _script_constant(script: str, name: str) -> object:
+    """A module-level constant of ``scripts/<script>`` (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 #: which command writes each kind of committed table, by file stem
-TABLE_KINDS = {"curve": COLUMNS, "model_table": TABLE_COLUMNS, "metrics": METRICS}
+TABLE_KINDS = {
+    "curve": COLUMNS,
+    "model_table": TABLE_COLUMNS,
+    "metrics": METRICS,
+    "gpu_runs": _script_constant("bench_gpu_runs.py", "COLUMNS"),
+}
 TABLES = sorted(
     p for p in (REPO / "docs").glob("**/*") if p.suffix in (".csv", ".md") and p.stem in TABLE_KINDS
 )

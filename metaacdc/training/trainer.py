@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from metaacdc import distributed
-from metaacdc.api import Learner
+from metaacdc.api import Learner, resolve_device
 from metaacdc.checkpoint import load_checkpoint
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
@@ -71,19 +71,6 @@ class RunSummary:
     @property
     def finished(self) -> bool:
         return self.step >= self.meta_updates
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device={name!r} is not valid; use auto, cpu or cuda[:N]") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} asked for, but CUDA is not available here")
-    return device
 
 
 def _check_same_run(saved: dict, config: TrainConfig, where: Path) -> None:
@@ -185,7 +172,7 @@ def _train_claimed(
         _check_same_run(payload["config"], config, folder.root)
     assert config.meta_updates is not None and config.test_inner_steps is not None
 
-    device = world.device_for(select_device(config.device))
+    device = world.device_for(resolve_device(config.device))
     torch.manual_seed(config.seed)
     with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
         splits = open_splits(config, ("train", "val"))
@@ -347,4 +334,4 @@ class _Log:
             stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-__all__ = ["METRICS", "RunSummary", "TrainingDivergedError", "select_device", "train"]
+__all__ = ["METRICS", "RunSummary", "TrainingDivergedError", "train"]
