@@ -158,7 +158,9 @@ def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config, channels)
-        meta = MetaLearner(model, config.inner_lr, config.first_order, config.adapt)
+        meta = MetaLearner(
+            model, config.inner_lr, config.first_order, config.adapt, config.meta_sgd
+        )
         labels = torch.arange(config.ways)
         shape = (channels, _COUNTING_SIZE, _COUNTING_SIZE)
         support = torch.randn(config.ways * config.shots, *shape)
@@ -242,7 +244,8 @@ def estimate_grid(configs: list[TrainConfig], test_tasks: int = 3000) -> list[Ru
             measured[key] = model_costs(model, channels, config.image_size)
         task_key = (
             *model_key,
-            *(config.first_order, config.inner_steps, config.test_inner_steps, config.adapt),
+            *(config.first_order, config.inner_steps, config.test_inner_steps),
+            *(config.adapt, config.meta_sgd),
             *(config.ways, channels),
         )
         if task_key not in counted:

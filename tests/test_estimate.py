@@ -44,6 +44,9 @@ def test_task_operators_are_counted_from_real_tasks() -> None:
     assert second.eval == first.eval
     longer = task_ops(dataclasses.replace(TINY, first_order=True, inner_steps=10), 3)
     assert longer.train > first.train
+    head_only = task_ops(dataclasses.replace(TINY, first_order=True, adapt="head"), 3)
+    meta_sgd = task_ops(dataclasses.replace(TINY, first_order=True, meta_sgd=True), 3)
+    assert head_only.train < first.train < meta_sgd.train
 
 
 def test_counting_leaves_the_random_state_alone() -> None:
