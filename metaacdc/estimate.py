@@ -146,8 +146,9 @@ def model_costs(model: nn.Module, channels: int, image_size: int) -> ModelCosts:
 def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     """Count the operators of one training task (adaptation, query loss, meta-gradient) and
     one evaluation task (first-order adaptation, queries classified) of ``config``, each run
-    once on the CPU on random images of :data:`_COUNTING_SIZE` px. The global random state
-    is left as it was."""
+    once on the CPU on random images of :data:`_COUNTING_SIZE` px, with the operators a GPU
+    runs (PyTorch's batch-norm double backward). The global random state is left as it
+    was."""
     from metaacdc.api import Learner
     from metaacdc.maml.learner import MetaLearner
     from metaacdc.training.step import meta_train_step
@@ -158,8 +159,14 @@ def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config, channels)
+        # PyTorch's batch-norm double backward: the CPU-only fused one is not what a GPU runs
         meta = MetaLearner(
-            model, config.inner_lr, config.first_order, config.adapt, config.meta_sgd
+            model,
+            config.inner_lr,
+            config.first_order,
+            config.adapt,
+            config.meta_sgd,
+            fused_batch_norm=False,
         )
         labels = torch.arange(config.ways)
         shape = (channels, _COUNTING_SIZE, _COUNTING_SIZE)

@@ -71,12 +71,16 @@ def checkpoint_payload(
     optimizer: torch.optim.Optimizer | None = None,
     best_val: float | None = None,
     best_step: int | None = None,
+    owed_validation: list[float] | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds, in types ``torch.load(weights_only=True)`` accepts.
 
     No random-generator state: training draws its randomness from ``(seed, task index)``
     (episodes and atom-drop alike), so a checkpoint is the same whichever process wrote it
     and however many processes trained the run.
+
+    ``owed_validation``: the metrics of meta-update ``step`` (training loss, accuracy,
+    tasks/s, elapsed s) when its validation was interrupted; resuming runs it first.
     """
     payload: dict[str, Any] = {
         "config": config.to_dict(),
@@ -85,6 +89,7 @@ def checkpoint_payload(
         "model": learner.state_dict(),
         "best_val": best_val,
         "best_step": best_step,
+        "owed_validation": owed_validation,
     }
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()

@@ -6,7 +6,9 @@ the project/reference ratio of each round, since this machine's speed drifts bet
 
 * training: tasks/s of ``metaacdc.training.meta_train_step`` against the loop of
   learn2learn's own MAML example (clone, adapt, query loss backward per task, one Adam
-  step), written here;
+  step), written here; the row "project, PyTorch BN" is the project's step with
+  ``fused_batch_norm=False`` (PyTorch's batch-norm double backward instead of
+  ``metaacdc.maml.batch_norm``'s), so its gap to "project" is what that formula adds;
 * evaluation: tasks/s of ``metaacdc.evaluation.evaluate`` against a sequential learn2learn
   loop (clone, first-order adapt, classify queries), and the time 3,000 tasks would take;
 * memory: peak resident memory of the training process of each side (CUDA: peak allocated).
@@ -44,7 +46,7 @@ from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.runtime import reuse_freed_memory
 
 SIDES = {
-    "train": ("reference", "project"),
+    "train": ("reference", "project, PyTorch BN", "project"),
     "eval": ("reference", "reference + allocator", "project"),
 }
 
@@ -101,13 +103,13 @@ def reference_training(args: argparse.Namespace) -> Callable[[], None]:
     return updates
 
 
-def project_training(args: argparse.Namespace) -> Callable[[], None]:
+def project_training(args: argparse.Namespace, fused_batch_norm: bool) -> Callable[[], None]:
     from metaacdc.maml.learner import MetaLearner
     from metaacdc.training import meta_train_step
 
     model, sampler = setup(args, "train")
     tasks = [sampler.episode(i) for i in range(args.meta_batch)]
-    learner = MetaLearner(model, 0.01, args.first_order)
+    learner = MetaLearner(model, 0.01, args.first_order, fused_batch_norm=fused_batch_norm)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
 
     def updates() -> None:
@@ -172,8 +174,12 @@ def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
 def child(args: argparse.Namespace, side: str, job: str) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     if job == "train":
-        build = project_training if side == "project" else reference_training
-        rate = timed_rate(build(args), args.updates * args.meta_batch)
+        work = (
+            reference_training(args)
+            if side == "reference"
+            else project_training(args, fused_batch_norm=side == "project")
+        )
+        rate = timed_rate(work, args.updates * args.meta_batch)
     elif side == "project":
         rate = timed_rate(project_evaluation(args), args.eval_tasks)
     else:

@@ -16,6 +16,7 @@ import yaml
 import metaacdc.training.trainer as trainer_module
 from metaacdc.cli import main
 from metaacdc.config import TrainConfig
+from metaacdc.evaluation import evaluate
 from metaacdc.runfolder import RunFolder
 from metaacdc.training import TrainingDivergedError, train
 from metaacdc.training.step import meta_train_step
@@ -59,6 +60,19 @@ def test_run_folder_holds_config_metrics_log_and_checkpoints(tmp_path: Path) -> 
     assert not list(folder.last.parent.glob(".*")), "no temporary files left behind"
 
 
+def assert_same_validations(run: Path, reference: Path) -> None:
+    """``run`` validated at the same steps with the same accuracies as ``reference``, and
+    kept the same best checkpoint."""
+    mine, theirs = pd.read_csv(RunFolder(run).metrics), pd.read_csv(RunFolder(reference).metrics)
+    assert list(mine["step"]) == list(theirs["step"])
+    assert list(mine["val_accuracy"]) == list(theirs["val_accuracy"])
+    best, reference_best = (
+        torch.load(RunFolder(folder).best, weights_only=True) for folder in (run, reference)
+    )
+    assert best["step"] == reference_best["step"]
+    assert all(torch.equal(best["model"][n], reference_best["model"][n]) for n in best["model"])
+
+
 def test_resume_after_stop_is_bit_identical(tmp_path: Path) -> None:
     train(tiny(), tmp_path / "whole", progress=False)
     first = train(tiny(), tmp_path / "parts", stop_after=3, progress=False)
@@ -68,6 +82,48 @@ def test_resume_after_stop_is_bit_identical(tmp_path: Path) -> None:
     assert whole.keys() == parts.keys()
     for name in whole:
         assert torch.equal(whole[name], parts[name]), name
+    # no extra validation where the first part stopped (step 3): same best checkpoint
+    assert_same_validations(tmp_path / "parts", tmp_path / "whole")
+
+
+def interrupt_validation(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """Ctrl-C during the ``number``-th validation of the next training."""
+    calls = {"n": 0}
+
+    def interrupted(*args: object, **kwargs: object):
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "evaluate", interrupted)
+
+
+def test_ctrl_c_during_validation_runs_it_on_resume(tmp_path: Path, monkeypatch) -> None:
+    train(tiny(), tmp_path / "whole", progress=False)
+    interrupt_validation(monkeypatch, 2)  # the validation of meta-update 4
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), tmp_path / "killed", progress=False)
+    payload = torch.load(RunFolder(tmp_path / "killed").last, weights_only=True)
+    assert payload["step"] == 4 and payload["owed_validation"] is not None
+    assert list(pd.read_csv(RunFolder(tmp_path / "killed").metrics)["step"]) == [2]
+    monkeypatch.undo()
+    train(tiny(), tmp_path / "killed", resume=True, progress=False)
+    assert_same_validations(tmp_path / "killed", tmp_path / "whole")
+    payload = torch.load(RunFolder(tmp_path / "killed").last, weights_only=True)
+    assert payload["owed_validation"] is None
+
+
+def test_interrupted_final_validation_runs_on_resume(tmp_path: Path, monkeypatch) -> None:
+    """Nothing is left to train, but the last validation (and best checkpoint) still is."""
+    train(tiny(), tmp_path / "whole", progress=False)
+    interrupt_validation(monkeypatch, 3)  # the validation of meta-update 6, the last
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    summary = train(tiny(), tmp_path / "killed", resume=True, progress=False)
+    assert summary.finished
+    assert_same_validations(tmp_path / "killed", tmp_path / "whole")
 
 
 def test_ctrl_c_saves_the_last_completed_update(tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaacdc.backbones import Backbone
+from metaacdc.maml.batch_norm import fused_double_backward
 from metaacdc.maml.l2l import learn2learn as l2l
 
 
@@ -49,6 +50,9 @@ class TaskLearner:
     ``learner.support_logits(x)``. Gradients reach the meta-parameters through the copy.
 
     Images are given to the model in the layouts of ``layouts`` (see :func:`task_layouts`).
+    A second-order inner loop differentiates its batch norms twice through
+    :func:`~metaacdc.maml.batch_norm.fused_double_backward` (on the CPU) unless
+    ``fused_batch_norm`` is False.
     """
 
     def __init__(
@@ -57,11 +61,13 @@ class TaskLearner:
         head: nn.Module,
         first_order: bool,
         layouts: TaskLayouts,
+        fused_batch_norm: bool = True,
     ) -> None:
         self.features = features
         self.head = head
         self.first_order = first_order
         self.layouts = layouts
+        self.fused_batch_norm = fused_batch_norm and not first_order
         self._hand_back_pending = False
 
     def logits_in(self, x: Tensor, memory_format: torch.memory_format) -> Tensor:
@@ -71,7 +77,10 @@ class TaskLearner:
 
     def support_logits(self, x: Tensor) -> Tensor:
         """Logits for an inner-loop loss (support layout)."""
-        return self.logits_in(x, self.layouts.support)
+        if not self.fused_batch_norm:
+            return self.logits_in(x, self.layouts.support)
+        with fused_double_backward():
+            return self.logits_in(x, self.layouts.support)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Logits of the adapted model (query layout)."""
@@ -129,6 +138,9 @@ class MetaLearner(nn.Module):
         adapt: ``"all"`` adapts every parameter; ``"head"`` only the linear head, the
             features being meta-learned but frozen within a task (ANIL).
         meta_sgd: learn one inner step size per parameter (``learn2learn.algorithms.MetaSGD``).
+        fused_batch_norm: second-order inner loops on the CPU differentiate batch norm twice
+            through :mod:`metaacdc.maml.batch_norm` (faster, equal up to float rounding);
+            False keeps PyTorch's formula everywhere (the operators a GPU runs).
     """
 
     def __init__(
@@ -138,11 +150,13 @@ class MetaLearner(nn.Module):
         first_order: bool,
         adapt: str = "all",
         meta_sgd: bool = False,
+        fused_batch_norm: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.adapt_scope = adapt
         self.first_order = first_order
+        self.fused_batch_norm = fused_batch_norm
         adaptable = model if adapt == "all" else model.head
         wrapper = l2l.algorithms.MetaSGD if meta_sgd else l2l.algorithms.MAML
         self.wrapped = wrapper(adaptable, lr=inner_lr, first_order=first_order)
@@ -158,7 +172,7 @@ class MetaLearner(nn.Module):
         if detached:
             l2l.utils.detach_module(head, keep_requires_grad=True)
         features = None if self.adapt_scope == "all" else self.model.features
-        return TaskLearner(features, head, order, task_layouts(order))
+        return TaskLearner(features, head, order, task_layouts(order), self.fused_batch_norm)
 
 
 def adapt_task(learner: TaskLearner, support_x: Tensor, support_y: Tensor, steps: int) -> None:

@@ -183,16 +183,19 @@ def _train_claimed(
     ).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
     step, best_val, best_step = 0, None, None
+    # the metrics of a meta-update whose validation has not run yet (interrupted)
+    owed: list[float] | None = None
     if payload is not None:
         learner.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         step, best_val, best_step = payload["step"], payload["best_val"], payload["best_step"]
+        owed = payload.get("owed_validation")
     elif world.is_main:
         folder.write_config(config)
         with folder.metrics.open("w", newline="") as stream:
             csv.writer(stream).writerow(METRICS)
 
-    def save(path: Path, at_step: int) -> None:
+    def save(path: Path, at_step: int, owed_validation: list[float] | None = None) -> None:
         if not world.is_main:
             return
         save_learner(
@@ -204,6 +207,7 @@ def _train_claimed(
             optimizer=optimizer,
             best_val=best_val,
             best_step=best_step,
+            owed_validation=owed_validation,
         )
 
     train_sampler = EpisodeSampler(
@@ -223,16 +227,54 @@ def _train_claimed(
         f"{'resuming at' if payload else 'starting'} meta-update {step} of "
         f"{config.meta_updates} on {device}"
     )
-    if remaining <= 0:
+    if remaining <= 0 and owed is None:
         return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
+    started, updates_done = time.perf_counter(), 0
+    saved_at = started
+
+    def validate(metrics: list[float]) -> None:
+        """Validate meta-update ``step`` (``metrics``: its training loss, accuracy, tasks/s
+        and elapsed s), log it, and save the best and last checkpoints."""
+        nonlocal best_val, best_step, owed, saved_at
+        owed = metrics  # until its row is written: a Ctrl-C now leaves it owed
+        result = evaluate(
+            Learner(learner, config, data, device),  # evaluation's own code path
+            val_sampler,
+            config.val_tasks,
+            inner_steps=config.test_inner_steps,
+            progress=False,
+        )
+        learner.train()  # Learner switched the shared meta-learner to eval mode
+        improved = best_val is None or result.mean > best_val
+        if improved:
+            best_val, best_step = result.mean, step
+            save(folder.best, step)
+        loss, accuracy, rate, elapsed = metrics
+        if world.is_main:
+            with folder.metrics.open("a", newline="") as stream:
+                row = (step, loss, accuracy, result.mean, result.ci95, rate, elapsed)
+                csv.writer(stream).writerow(row)
+        log(
+            f"meta-update {step}: loss {loss:.4f} train acc {accuracy:.3f} "
+            f"val acc {result.mean:.4f} ± {result.ci95:.4f}{' (best)' if improved else ''}"
+        )
+        owed = None
+        save(folder.last, step)
+        saved_at = time.perf_counter()
 
     mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
-    loader = episode_loader(
-        ShardedSampler(train_sampler, config.meta_batch, mine),
-        remaining * len(mine),
-        start=step * len(mine),
-        num_workers=config.workers,
-    )
+
+    def episodes(updates: int) -> Iterator[Episode]:
+        """This process's episodes of the next ``updates`` meta-updates from ``step`` (no
+        loader started for none)."""
+        if updates > 0:
+            yield from episode_loader(
+                ShardedSampler(train_sampler, config.meta_batch, mine),
+                updates * len(mine),
+                start=step * len(mine),
+                num_workers=config.workers,
+            )
+
     bar = tqdm(
         total=config.meta_updates,
         initial=step,
@@ -241,11 +283,11 @@ def _train_claimed(
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
     )
-    started, updates_done = time.perf_counter(), 0
-    saved_at = started
     learner.train()
     try:
-        for tasks in _meta_batches(iter(loader), len(mine)):
+        if owed is not None:  # the last session was interrupted while validating
+            validate(owed)
+        for tasks in _meta_batches(episodes(remaining), len(mine)):
             stats = meta_train_step(
                 learner,
                 tasks,
@@ -269,49 +311,20 @@ def _train_claimed(
                 tasks_s=f"{rate:.2f}",
                 best=best_val,
             )
-            finishing = step == config.meta_updates or updates_done == remaining
-            if step % config.val_every == 0 or finishing:
-                result = evaluate(
-                    Learner(learner, config, data, device),  # evaluation's own code path
-                    val_sampler,
-                    config.val_tasks,
-                    inner_steps=config.test_inner_steps,
-                    progress=False,
-                )
-                learner.train()  # Learner switched the shared meta-learner to eval mode
-                val, ci = result.mean, result.ci95
-                improved = best_val is None or val > best_val
-                if improved:
-                    best_val, best_step = val, step
-                row = (
-                    step,
-                    stats.loss,
-                    stats.accuracy,
-                    val,
-                    ci,
-                    rate,
-                    time.perf_counter() - started,
-                )
-                if world.is_main:
-                    with folder.metrics.open("a", newline="") as stream:
-                        csv.writer(stream).writerow(row)
-                log(
-                    f"meta-update {step}: loss {stats.loss:.4f} train acc {stats.accuracy:.3f} "
-                    f"val acc {val:.4f} ± {ci:.4f}{' (best)' if improved else ''}"
-                )
-                if improved:
-                    save(folder.best, step)
-                save(folder.last, step)
-                saved_at = time.perf_counter()
-            elif (
+            # validations at fixed steps only, so a run split by stop_after or an
+            # interruption keeps the validations (and best checkpoint) of an unsplit run
+            if step % config.val_every == 0 or step == config.meta_updates:
+                validate([stats.loss, stats.accuracy, rate, time.perf_counter() - started])
+            elif updates_done == remaining or (
                 checkpoint_every_s is not None
                 and time.perf_counter() - saved_at >= checkpoint_every_s
             ):
                 save(folder.last, step)
                 saved_at = time.perf_counter()
     except KeyboardInterrupt:
-        # the interrupted meta-update is discarded: save the state before it began
-        save(folder.last, step)
+        # the interrupted meta-update is discarded: save the state before it began (or
+        # after it, with its validation owed, when that was what got interrupted)
+        save(folder.last, step, owed)
         log(f"interrupted; saved meta-update {step} to {folder.last}")
         raise
     finally:
