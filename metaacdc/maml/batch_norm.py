@@ -2,11 +2,12 @@
 
 Second-order MAML differentiates each inner step's gradient, so PyTorch runs batch norm's
 double backward (``batchnorm_double_backward``) once per inner step and layer. That formula
-is written as some thirty full-size tensor operations; on the CPU it took about a fifth of a
-second-order Conv4 training step. Every quantity it returns is, per channel, a linear
-combination of the incoming gradients, the normalised input and a constant, with
-coefficients from five per-channel sums; computed that way it is about three times faster
-(Conv4's first layer, 5 images at 84 px) and equal up to float rounding.
+is written as some thirty full-size tensor operations (in ``torch.profiler``, about a fifth
+of a second-order Conv4 training step on the CPU). Every quantity it returns is, per
+channel, a linear combination of the incoming gradients, the normalised input and a
+constant, with coefficients from five per-channel sums; computed that way it takes about a
+dozen passes over the activations and is equal up to float rounding. What it gains is
+measured by ``scripts/bench_maml.py`` (row "project, PyTorch BN").
 
 Forward and first backward stay PyTorch's own kernels, so the model's outputs and inner-loop
 gradients are unchanged bit for bit; only the second-order terms of the meta-gradient differ,
