@@ -226,7 +226,18 @@ def main() -> int:
     args = options()
     base = TrainConfig.from_dict(load_config_file(args.config), source=str(args.config))
     if args.compare:
+        if not args.compare.is_file():
+            print(f"--compare {args.compare}: no such file", file=sys.stderr)
+            return 2
         table = pd.read_csv(args.compare)
+        missing = [column for column in COLUMNS if column not in table.columns]
+        if missing:
+            print(
+                f"--compare {args.compare}: not a CSV written by --csv "
+                f"(no column {', '.join(missing)})",
+                file=sys.stderr,
+            )
+            return 2
         configs = [
             grid(base, [int(shots)], [backbone], [conv])[0]
             for shots, backbone, conv in zip(
