@@ -264,14 +264,14 @@ def _train_claimed(
 
     mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
 
-    def episodes(updates: int) -> Iterator[Episode]:
-        """This process's episodes of the next ``updates`` meta-updates from ``step`` (no
-        loader started for none)."""
+    def episodes(first_update: int, updates: int) -> Iterator[Episode]:
+        """This process's episodes of meta-updates ``first_update`` onwards, ``updates`` of
+        them (no loader started for none)."""
         if updates > 0:
             yield from episode_loader(
                 ShardedSampler(train_sampler, config.meta_batch, mine),
                 updates * len(mine),
-                start=step * len(mine),
+                start=first_update * len(mine),
                 num_workers=config.workers,
             )
 
@@ -287,7 +287,7 @@ def _train_claimed(
     try:
         if owed is not None:  # the last session was interrupted while validating
             validate(owed)
-        for tasks in _meta_batches(episodes(remaining), len(mine)):
+        for tasks in _meta_batches(episodes(step, remaining), len(mine)):
             stats = meta_train_step(
                 learner,
                 tasks,
