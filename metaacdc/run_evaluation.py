@@ -45,6 +45,7 @@ def evaluate_run(
     seed: int = 0,
     device: str = "auto",
     workers: int = 0,
+    processes: int = 1,
     progress: bool = True,
 ) -> RunEvaluation:
     """Evaluate run folder ``run`` on ``tasks`` tasks (default 3000, or a whole manifest)
@@ -53,7 +54,8 @@ def evaluate_run(
     are journalled next to it (``<csv>.partial.<rank>``) until it is written, so the same
     call after an interruption evaluates only the missing tasks. Another process
     evaluating the same tasks meanwhile is refused (``RunBusyError``, see
-    :mod:`metaacdc.runlock`)."""
+    :mod:`metaacdc.runlock`). ``processes`` > 1 shares the tasks out to worker processes
+    on this machine (CPU; see :mod:`metaacdc.evaluation_pool`)."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     world = distributed.current()
@@ -102,6 +104,7 @@ def evaluate_run(
             workers=workers,
             world=world,
             journal=journal,
+            processes=processes,
         )
         # evaluate() gathered every process's accuracies: all journals are complete
         if world.is_main:

@@ -11,6 +11,10 @@ the project/reference ratio of each round, since this machine's speed drifts bet
   ``metaacdc.maml.batch_norm``'s), so its gap to "project" is what that formula adds;
 * evaluation: tasks/s of ``metaacdc.evaluation.evaluate`` against a sequential learn2learn
   loop (clone, first-order adapt, classify queries), and the time 3,000 tasks would take;
+  the row "project, N processes" is the evaluator's worker pool (``evaluate(...,
+  processes=N)``, ``metaacdc evaluate --processes N``; N = ``--eval-processes``, default
+  the number of CPUs): its rate once the workers run, and their start-up time, which the
+  3,000-task time includes;
 * memory: peak resident memory of the training process of each side (CUDA: peak allocated).
 
 The project's evaluator runs its task loop inside ``metaacdc.runtime.reuse_freed_memory``
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -40,6 +46,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from metaacdc.api import Learner
 from metaacdc.backbones import create_backbone
 from metaacdc.data import EpisodeSampler, synthetic_split
 from metaacdc.maml.l2l import learn2learn as l2l
@@ -47,8 +54,9 @@ from metaacdc.runtime import reuse_freed_memory
 
 SIDES = {
     "train": ("reference", "project, PyTorch BN", "project"),
-    "eval": ("reference", "reference + allocator", "project"),
+    "eval": ("reference", "reference + allocator", "project", "project, N processes"),
 }
+POOL = "project, N processes"
 
 
 def options() -> argparse.Namespace:
@@ -62,6 +70,15 @@ def options() -> argparse.Namespace:
     parser.add_argument("--first-order", action="store_true", help="first-order training")
     parser.add_argument("--updates", type=int, default=2, help="meta-updates timed per process")
     parser.add_argument("--eval-tasks", type=int, default=10, help="tasks timed per process")
+    parser.add_argument(
+        "--eval-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes of the pooled evaluation (default: the number of CPUs)",
+    )
+    parser.add_argument(
+        "--pool-tasks", type=int, default=60, help="tasks timed per pooled evaluation"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -139,10 +156,9 @@ def reference_evaluation(args: argparse.Namespace, scoped: bool) -> Callable[[],
     return tasks
 
 
-def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
-    from metaacdc.api import Learner
+def project_learner(args: argparse.Namespace) -> tuple[Learner, EpisodeSampler]:
+    """The run-free learner the evaluator takes (as ``metaacdc.load`` builds it)."""
     from metaacdc.config import TrainConfig, resolve
-    from metaacdc.evaluation import evaluate
     from metaacdc.maml.learner import MetaLearner
 
     model, sampler = setup(args, "test")
@@ -163,12 +179,39 @@ def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
         "std": [0.25] * 3,
         "inverted": False,
     }
-    learner = Learner(MetaLearner(model, 0.01, True), config, data, torch.device("cpu"))
+    return Learner(MetaLearner(model, 0.01, True), config, data, torch.device("cpu")), sampler
+
+
+def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
+    from metaacdc.evaluation import evaluate
+
+    learner, sampler = project_learner(args)
 
     def tasks() -> None:
         evaluate(learner, sampler, args.eval_tasks, progress=False)
 
     return tasks
+
+
+def pooled_evaluation(args: argparse.Namespace) -> tuple[float, float]:
+    """Tasks/s of the evaluator's worker pool once its workers run, and their start-up
+    time in seconds (until each worker could have finished one task)."""
+    from metaacdc.evaluation import task_accuracy
+    from metaacdc.evaluation_pool import EvaluationPool
+
+    learner, sampler = project_learner(args)
+    work = functools.partial(task_accuracy, learner, inner_steps=None)
+    warm_up = args.eval_processes
+    start = time.perf_counter()
+    with EvaluationPool(work, sampler, args.eval_processes) as pool:
+        results = pool.results(range(warm_up + args.pool_tasks))
+        for _ in range(warm_up):
+            next(results)
+        running = time.perf_counter()
+        for _ in results:
+            pass
+        end = time.perf_counter()
+    return args.pool_tasks / (end - running), running - start
 
 
 def child(args: argparse.Namespace, side: str, job: str) -> None:
@@ -180,6 +223,10 @@ def child(args: argparse.Namespace, side: str, job: str) -> None:
             else project_training(args, fused_batch_norm=side == "project")
         )
         rate = timed_rate(work, args.updates * args.meta_batch)
+    elif side == POOL:
+        rate, start_up_s = pooled_evaluation(args)
+        print(json.dumps({"rate": rate, "start_up_s": start_up_s}))
+        return
     elif side == "project":
         rate = timed_rate(project_evaluation(args), args.eval_tasks)
     else:
@@ -217,15 +264,26 @@ def main() -> None:
     for job, unit, target in (("train", "tasks/s", 1.2), ("eval", "tasks/s", 2.0)):
         project = median("project", job, "rate")
         print(f"{'training' if job == 'train' else 'evaluation'}:")
-        for side in SIDES[job][:-1]:
+        for side in SIDES[job]:
             rate = median(side, job, "rate")
-            print(f"  {side:22s} {rate:6.2f} {unit}   project/this {project / rate:5.2f}")
-        print(f"  {'project':22s} {project:6.2f} {unit}   target >= {target} vs reference")
+            note = f"project/this {project / rate:5.2f}"
+            if side in ("project", POOL):
+                note = f"this/reference {rate / median('reference', job, 'rate'):5.2f}"
+            print(f"  {side:22s} {rate:6.2f} {unit}   {note}")
+        print(f"  target: project >= {target}x reference")
         rounds = zip(results[("project", job)], results[("reference", job)])
         ratios = sorted(mine["rate"] / theirs["rate"] for mine, theirs in rounds)
         print(f"  project/reference round by round: {', '.join(f'{r:.2f}' for r in ratios)}")
-    eval_minutes = 3000 / median("project", "eval", "rate") / 60
-    print(f"3,000 evaluation tasks: {eval_minutes:.1f} min (target <= 15)")
+    single_minutes = 3000 / median("project", "eval", "rate") / 60
+    start_up_s = median(POOL, "eval", "start_up_s")
+    pooled_minutes = (start_up_s + 3000 / median(POOL, "eval", "rate")) / 60
+    each = sorted((r["start_up_s"] + 3000 / r["rate"]) / 60 for r in results[(POOL, "eval")])
+    print(
+        f"3,000 evaluation tasks: {single_minutes:.1f} min in one process; "
+        f"{pooled_minutes:.1f} min with {args.eval_processes} processes (start-up "
+        f"{start_up_s:.0f} s included; rounds {', '.join(f'{m:.1f}' for m in each)}) "
+        "(target <= 15)"
+    )
     print("peak memory of the training process (RSS):")
     reference_mb = median("reference", "train", "peak_mb")
     for side in SIDES["train"]:

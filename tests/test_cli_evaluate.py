@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from metaacdc.api import load
 from metaacdc.cli import main
@@ -66,6 +67,20 @@ def test_evaluate_prints_a_table_and_writes_csv(
     per_task = table[table.task.str.isdigit()].accuracy.to_numpy()
     np.testing.assert_allclose(per_task, expected.accuracies, rtol=1e-9)
     assert f"{100 * expected.mean:.2f} ± {100 * expected.ci95:.2f}" in row
+
+
+def test_processes_share_the_tasks_and_give_the_same_numbers(
+    run_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # each of the two workers then runs one, as one process here
+    try:
+        _, pooled = evaluated(capsys, str(run_dir), "--tasks", "4", "--processes", "2")
+        torch.set_num_threads(1)
+        _, single = evaluated(capsys, str(run_dir), "--tasks", "4")
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(pooled, single)
 
 
 def test_evaluate_with_a_manifest_and_inner_steps(
@@ -152,6 +167,8 @@ def small_cache(tmp_path: Path) -> Path:
         (lambda run, tmp: [run, "--episodes", str(manifest_6way(tmp))], "6-way tasks"),
         (lambda run, tmp: [run, "--data", str(small_cache(tmp))], "16px images"),
         (lambda run, tmp: [run, "--data", str(tmp / "nothing")], "not found"),
+        (lambda run, tmp: [run, "--processes", "0"], "--processes=0"),
+        (lambda run, tmp: [run, "--processes", "2", "--workers", "1"], "workers=1 with"),
     ],
     ids=[
         "no-checkpoint",
@@ -164,6 +181,8 @@ def small_cache(tmp_path: Path) -> Path:
         "manifest-too-wide",
         "data-other-size",
         "data-missing",
+        "processes",
+        "processes-and-workers",
     ],
 )
 def test_errors_are_one_line(

@@ -147,6 +147,7 @@ def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys
         (["curve", "--acdc", "everything"], "--acdc='everything' is not valid"),
         (["curve", "--backbones", "vgg16"], "backbones vgg16 are not in the depth study"),
         (["report", "/no/such/run"], "not a run folder"),
+        (["curve", "--eval-processes", "0"], "--eval-processes=0"),
     ],
 )
 def test_errors_exit_2_with_one_line(argv: list[str], message: str) -> None:
@@ -207,6 +208,26 @@ def test_report_reference_option(tmp_path, base_config) -> None:
         images[choice] = (tmp_path / choice / "curve.png").read_bytes()
     # synthetic runs: no miniImageNet references unless asked for
     assert images["auto"] == images["none"] != images["closerlook"]
+
+
+def test_curve_hands_eval_processes_to_the_evaluator(
+    tmp_path: Path, base_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import metaacdc.run_evaluation
+
+    asked = []
+
+    def evaluate(*args, processes: int, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(processes)
+        return real(*args, processes=1, **kwargs)  # the pool itself: test_evaluation_pool
+
+    real = metaacdc.run_evaluation.evaluate
+    monkeypatch.setattr(metaacdc.run_evaluation, "evaluate", evaluate)
+    grid = ["--shots", "1", "--backbones", "conv4", "--acdc", "none", "--tasks", "2"]
+    out = str(tmp_path / "curve")
+    argv = ["curve", *grid, "--config", str(base_config), "--out", out, "--eval-processes", "3"]
+    assert main(argv) == 0
+    assert asked == [3]
 
 
 def test_curve_estimate_prints_and_runs_nothing(tmp_path, capsys) -> None:

@@ -56,6 +56,12 @@ def add_parser(sub: Any) -> None:
     )
     curve.add_argument("--tasks", type=int, default=3000, help="test tasks per run (3000)")
     curve.add_argument(
+        "--eval-processes",
+        type=int,
+        default=1,
+        help="CPU: processes sharing each run's test tasks (see `metaacdc evaluate --help`)",
+    )
+    curve.add_argument(
         "--episodes",
         type=Path,
         nargs="+",
@@ -144,6 +150,7 @@ def run_curve(args: argparse.Namespace) -> int:
     for shots in args.shots:
         check_positive_int("--shots", shots)
     check_positive_int("--tasks", args.tasks)
+    check_positive_int("--eval-processes", args.eval_processes)
     from metaacdc.curves import (
         evaluation_file,
         is_finished,
@@ -190,7 +197,11 @@ def run_curve(args: argparse.Namespace) -> int:
             evaluated = evaluation_file(run_dir, args.tasks, manifest)
             if evaluated is None:
                 outcome = evaluate_run(
-                    run_dir, tasks=args.tasks, episodes=manifest, progress=sys.stderr.isatty()
+                    run_dir,
+                    tasks=args.tasks,
+                    episodes=manifest,
+                    processes=args.eval_processes,
+                    progress=sys.stderr.isatty(),
                 )
                 print(f"  {outcome.result}")
             else:

@@ -44,6 +44,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="background processes preparing episodes"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="CPU: processes sharing the tasks, each with cores/N threads (faster than one "
+        "process with all cores; try the number of cores)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     check_choice("--split", args.split, SPLITS)
     check_positive_int("--seed", args.seed, minimum=0)
     check_positive_int("--workers", args.workers, minimum=0)
+    check_positive_int("--processes", args.processes)
     if args.tasks is not None:
         check_positive_int("--tasks", args.tasks)
     if args.inner_steps is not None:
@@ -73,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             workers=args.workers,
+            processes=args.processes,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
     if not world.is_main:
