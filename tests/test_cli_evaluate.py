@@ -14,11 +14,16 @@ import torch
 
 from metaacdc.api import load
 from metaacdc.cli import main
-from metaacdc.data import EpisodeSampler, class_files_from_split, freeze, prepare, synthetic_split
+from metaacdc.data import class_files_from_split, freeze, prepare, synthetic_split
 from metaacdc.evaluation import evaluate
-from metaacdc.experiment import evaluation_transform
 from tests.conftest import REPO
-from tests.tiny_runs import IMAGE_SIZE, IMAGES_PER_CLASS, TEST_QUERIES, make_run, synthetic
+from tests.tiny_runs import (
+    IMAGE_SIZE,
+    IMAGES_PER_CLASS,
+    evaluation_episodes,
+    make_run,
+    synthetic,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +58,7 @@ def test_evaluate_prints_a_table_and_writes_csv(
     assert (run_dir / "eval" / "test-seed2-4tasks-5steps.csv").is_file()
     # the numbers are the library's, on the sampler the CLI documents
     learner = load(run_dir, device="cpu")
-    sampler = EpisodeSampler(
-        synthetic("test"),
-        ways=5,
-        shots=1,
-        queries=TEST_QUERIES,
-        seed=2,
-        transform=evaluation_transform(learner.config),
-        mean=learner.data["mean"],
-        std=learner.data["std"],
-    )
+    sampler = evaluation_episodes(learner, seed=2)
     expected = evaluate(learner, sampler, 4, progress=False)
     per_task = table[table.task.str.isdigit()].accuracy.to_numpy()
     np.testing.assert_allclose(per_task, expected.accuracies, rtol=1e-9)

@@ -17,13 +17,12 @@ from metaacdc.backbones import create_backbone
 from metaacdc.convs import conv_kind
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
 from metaacdc.evaluation import evaluate
-from metaacdc.experiment import evaluation_transform
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.training import meta_train_step, train
 from metaacdc.training.step import StepStats
 from tests.test_train_gradients import LR, STEPS, tiny_model, toy_tasks
 from tests.test_trainer import parameters, tiny
-from tests.tiny_runs import IMAGE_SIZE, TEST_QUERIES, make_run, synthetic
+from tests.tiny_runs import IMAGE_SIZE, evaluation_episodes, make_run, synthetic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -103,16 +102,7 @@ def test_evaluator_and_api_on_the_gpu_equal_the_cpu(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run").root
     on_cpu, on_gpu = load(run, device="cpu"), load(run, device="cuda")
     assert next(on_gpu.meta.parameters()).is_cuda
-    sampler = EpisodeSampler(
-        synthetic("test"),
-        ways=5,
-        shots=1,
-        queries=TEST_QUERIES,
-        seed=0,
-        transform=evaluation_transform(on_cpu.config),
-        mean=on_cpu.data["mean"],
-        std=on_cpu.data["std"],
-    )
+    sampler = evaluation_episodes(on_cpu)
     cpu_result = evaluate(on_cpu, sampler, 8, progress=False)
     gpu_result = evaluate(on_gpu, sampler, 8, progress=False)
     # accuracies are counts of argmax hits: a near-tie may flip one query in a task

@@ -25,7 +25,7 @@ from metaacdc.errors import ConfigError
 from metaacdc.evaluation import EvalResult, confidence_95, evaluate
 from metaacdc.experiment import evaluation_transform
 from metaacdc.maml.l2l import learn2learn as l2l
-from tests.tiny_runs import TEST_QUERIES, make_run, synthetic
+from tests.tiny_runs import TEST_QUERIES, evaluation_episodes, make_run, synthetic
 
 TASKS = 6
 
@@ -37,16 +37,7 @@ def learner(tmp_path_factory: pytest.TempPathFactory) -> Learner:
 
 @pytest.fixture(scope="module")
 def sampler(learner: Learner) -> EpisodeSampler:
-    return EpisodeSampler(
-        synthetic("test"),
-        ways=5,
-        shots=1,
-        queries=TEST_QUERIES,
-        seed=0,
-        transform=evaluation_transform(learner.config),
-        mean=learner.data["mean"],
-        std=learner.data["std"],
-    )
+    return evaluation_episodes(learner)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from metaacdc.distributed import World
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation import evaluate
 from metaacdc.evaluation_pool import EvaluationPool
-from metaacdc.experiment import evaluation_transform
 from metaacdc.task_journal import TaskJournal, weights_fingerprint
-from tests.tiny_runs import TEST_QUERIES, make_run, synthetic
+from tests.tiny_runs import evaluation_episodes, make_run, synthetic
 
 TASKS = 6
 
@@ -32,16 +31,7 @@ def learner(tmp_path_factory: pytest.TempPathFactory) -> Learner:
 
 @pytest.fixture(scope="module")
 def sampler(learner: Learner) -> EpisodeSampler:
-    return EpisodeSampler(
-        synthetic("test"),
-        ways=5,
-        shots=1,
-        queries=TEST_QUERIES,
-        seed=0,
-        transform=evaluation_transform(learner.config),
-        mean=learner.data["mean"],
-        std=learner.data["std"],
-    )
+    return evaluation_episodes(learner)
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from metaacdc.api import Learner
 from metaacdc.config import TrainConfig, resolve
-from metaacdc.data import CachedSplit, synthetic_split
-from metaacdc.experiment import build_model, data_facts
+from metaacdc.data import CachedSplit, EpisodeSampler, synthetic_split
+from metaacdc.experiment import build_model, data_facts, evaluation_transform
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runfolder import RunFolder, save_learner
 
@@ -59,3 +60,18 @@ def make_run(
     folder.write_config(config)
     save_learner(folder.best, config=config, data=data_facts(split), step=0, learner=learner)
     return folder
+
+
+def evaluation_episodes(learner: Learner, seed: int = 0) -> EpisodeSampler:
+    """The sampler ``metaacdc evaluate`` uses for a tiny run: 5-way 1-shot test tasks of the
+    synthetic data, with the run's evaluation transform and normalisation."""
+    return EpisodeSampler(
+        synthetic("test"),
+        ways=5,
+        shots=1,
+        queries=TEST_QUERIES,
+        seed=seed,
+        transform=evaluation_transform(learner.config),
+        mean=learner.data["mean"],
+        std=learner.data["std"],
+    )
