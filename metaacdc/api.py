@@ -236,7 +236,10 @@ class Learner:
         Returns:
             A module in eval mode: ``model(query_x)`` gives ``(Q, N)`` logits. Its adapted
             parameters are plain tensors (no gradient). With ``adapt: head`` runs, the
-            feature extractor is the learner's own (not adapted, shared).
+            feature extractor is the learner's own (not adapted, shared). Called without
+            autograd (``torch.no_grad()``, as :meth:`predict` and the evaluator call it), a
+            Conv backbone pools before its batch norms' per-channel map
+            (:mod:`metaacdc.backbones.pool_first`): the same logits up to float rounding.
 
         Raises:
             ConfigError: inputs of a wrong type, shape, dtype or label set; a bad

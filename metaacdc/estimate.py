@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from metaacdc.backbones.convnet import textbook_order
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import Episode
 from metaacdc.experiment import build_model
@@ -158,8 +159,9 @@ def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     cpu = torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(config, channels)
-        # PyTorch's batch-norm double backward: the CPU-only fused one is not what a GPU runs
+        # batch norm before pooling and PyTorch's batch-norm double backward: the CPU-only
+        # pool-first order and fused double backward are not what a GPU runs
+        model = textbook_order(build_model(config, channels))
         meta = MetaLearner(
             model,
             config.inner_lr,

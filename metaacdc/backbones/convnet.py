@@ -3,19 +3,62 @@
 Where a block pools, it pools before the ReLU: max-pooling and ReLU commute exactly (ReLU is
 monotone; ties resolve to the same element, whose gradient is the same), and the ReLU then
 runs on a quarter of the activations. The ReLU works in place (nothing reads its input).
+Where nothing is differentiated, a pooled block also pools before applying the batch norm's
+per-channel map (:mod:`metaacdc.backbones.pool_first`).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TypeVar
+
+from torch import Tensor, nn
 
 from metaacdc.backbones.base import Backbone, batch_norm
+from metaacdc.backbones.pool_first import pool_first_applies, pooled_batch_norm
 from metaacdc.backbones.registry import register_backbone
 from metaacdc.convs import ConvKind
 from metaacdc.errors import ConfigError
 
 WIDTH = 64
 POOLED_BLOCKS = 4
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> BN [-> max-pool] -> ReLU -> block output, an ``nn.Sequential`` (parameter
+    names ``0.weight``, ``1.weight``, ...) that pools before the batch norm's map where
+    :func:`~metaacdc.backbones.pool_first.pool_first_applies`, unless ``pool_first`` is
+    False (:func:`textbook_order`)."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        super().__init__(*modules)
+        self.pool_first = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, norm, after_norm, *rest = self
+        x = conv(x)
+        if (
+            self.pool_first
+            and isinstance(norm, nn.BatchNorm2d)
+            and isinstance(after_norm, nn.MaxPool2d)
+            and pool_first_applies(norm, x)
+        ):
+            x = pooled_batch_norm(x, norm, after_norm)
+        else:
+            x = after_norm(norm(x))
+        for module in rest:
+            x = module(x)
+        return x
+
+
+def textbook_order(model: ModuleT) -> ModuleT:
+    """Make every :class:`ConvBlock` of ``model`` normalise before pooling in every pass
+    (what a GPU runs, and what a plain loop over a textbook Conv4 runs); returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, ConvBlock):
+            module.pool_first = False
+    return model
 
 
 def _convnet(
@@ -32,7 +75,7 @@ def _convnet(
             block.append(nn.MaxPool2d(2))
             size //= 2
         block += [nn.ReLU(inplace=True), conv.block_output(WIDTH)]
-        layers.append(nn.Sequential(*block))
+        layers.append(ConvBlock(*block))
     if size < 1:
         raise ConfigError(f"image_size={image_size} is too small for conv{depth}; need >= 16")
     layers.append(nn.Flatten())
