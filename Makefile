@@ -15,6 +15,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check metaacdc tests scripts
 	$(BIN)/ruff format --check metaacdc tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

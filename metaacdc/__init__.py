@@ -2,8 +2,9 @@
 
 from typing import TYPE_CHECKING, Any
 
+from metaacdc import acdc as _acdc  # noqa: F401  (registers the acdc-* conv kinds)
 from metaacdc.backbones import create_backbone, list_backbones, register_backbone
-from metaacdc.convs import ConvKind, conv_kind
+from metaacdc.convs import ConvKind, conv_kind, list_conv_kinds, register_conv_kind
 
 if TYPE_CHECKING:
     from metaacdc.api import load
@@ -14,8 +15,10 @@ __all__ = [
     "conv_kind",
     "create_backbone",
     "list_backbones",
+    "list_conv_kinds",
     "load",
     "register_backbone",
+    "register_conv_kind",
 ]
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import tomllib
 import yaml
 
-from metaacdc.convs import ConvKind, conv_kind
+from metaacdc.convs.base import ConvKind
+from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
 DATASETS: tuple[str, ...] = ("synthetic", "miniimagenet", "omniglot")

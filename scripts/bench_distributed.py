@@ -55,11 +55,11 @@ def options() -> argparse.Namespace:
 
 def child(args: argparse.Namespace) -> None:
     """One process of one side: time ``--updates`` meta-updates after one warm-up."""
-    from metaacdc import distributed
     from metaacdc.backbones import create_backbone
     from metaacdc.data import EpisodeSampler, synthetic_split
     from metaacdc.data.sampler import task_seed
     from metaacdc.maml.learner import MetaLearner
+    from metaacdc.runtime import distributed
     from metaacdc.training import meta_train_step
 
     with distributed.join("cpu") as world:

@@ -37,15 +37,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from metaacdc.api import Learner
+from metaacdc.maml.adaptation import Learner
 from metaacdc.cli.options import conv_spec
 from metaacdc.config import TrainConfig, load_config_file
-from metaacdc.curves import DEPTHS, grid
 from metaacdc.data import Episode
-from metaacdc.estimate import estimate_grid
-from metaacdc.evaluation import evaluate
-from metaacdc.experiment import build_model
+from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.learner import MetaLearner
+from metaacdc.reports.curves import DEPTHS, grid
+from metaacdc.reports.estimate import estimate_grid
+from metaacdc.runs.experiment import build_model
 from metaacdc.training import meta_train_step
 
 CHANNELS = 3
@@ -143,7 +143,7 @@ def measure(config: TrainConfig, args: argparse.Namespace, context_bytes: int) -
     # the first two updates warm up (cuDNN's algorithm search, the caching allocator)
     update_seconds = [seconds(update, device) for _ in range(args.updates + 2)][2:]
     peak = torch.cuda.max_memory_allocated(device) + context_bytes if cuda else math.nan
-    facts = {"channels": CHANNELS, "mean": [0.0] * 3, "std": [1.0] * 3}
+    facts = {"channels": CHANNELS, "mean": [0.0] * 3, "std": [1.0] * 3, "inverted": False}
     evaluation = Learner(learner, config, {**facts, "image_size": config.image_size}, device)
     test_episodes = RandomEpisodes(config, config.test_queries, pin=cuda)
     evaluate(evaluation, test_episodes, 2, progress=False)  # warm-up

@@ -9,7 +9,7 @@ the project/reference ratio of each round, since this machine's speed drifts bet
   step), written here; the row "project, PyTorch BN" is the project's step with
   ``fused_batch_norm=False`` (PyTorch's batch-norm double backward instead of
   ``metaacdc.maml.batch_norm``'s), so its gap to "project" is what that formula adds;
-* evaluation: tasks/s of ``metaacdc.evaluation.evaluate`` against a sequential learn2learn
+* evaluation: tasks/s of ``metaacdc.evaluation.evaluator.evaluate`` against a sequential learn2learn
   loop (clone, first-order adapt, classify queries), and the time 3,000 tasks would take;
   the row "project, textbook order" is the project's evaluator with its Conv blocks
   normalising before pooling in the query pass too (``textbook_order``), so its gap to
@@ -20,7 +20,7 @@ the project/reference ratio of each round, since this machine's speed drifts bet
   3,000-task time includes;
 * memory: peak resident memory of the training process of each side (CUDA: peak allocated).
 
-The project's evaluator runs its task loop inside ``metaacdc.runtime.reuse_freed_memory``
+The project's evaluator runs its task loop inside ``metaacdc.runtime.memory.reuse_freed_memory``
 (an allocator setting, see there); the evaluation row "reference + allocator" runs the
 reference loop inside the same scope, so the project's gain over that row is what the code
 itself adds: the channels-last layout, and pooling before the batch norm's map in the query
@@ -52,12 +52,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from metaacdc.api import Learner
+from metaacdc.maml.adaptation import Learner
 from metaacdc.backbones import create_backbone
 from metaacdc.backbones.convnet import textbook_order
 from metaacdc.data import EpisodeSampler, synthetic_split
 from metaacdc.maml.l2l import learn2learn as l2l
-from metaacdc.runtime import reuse_freed_memory
+from metaacdc.runtime.memory import reuse_freed_memory
 
 SIDES = {
     "train": ("reference", "project, PyTorch BN", "project"),
@@ -198,7 +198,7 @@ def project_learner(args: argparse.Namespace) -> tuple[Learner, EpisodeSampler]:
 
 
 def project_evaluation(args: argparse.Namespace, pool_first: bool) -> Callable[[], None]:
-    from metaacdc.evaluation import evaluate
+    from metaacdc.evaluation.evaluator import evaluate
 
     learner, sampler = project_learner(args)
     if not pool_first:
@@ -213,8 +213,8 @@ def project_evaluation(args: argparse.Namespace, pool_first: bool) -> Callable[[
 def pooled_evaluation(args: argparse.Namespace) -> tuple[float, float]:
     """Tasks/s of the evaluator's worker pool once its workers run, and their start-up
     time in seconds (until each worker could have finished one task)."""
-    from metaacdc.evaluation import task_accuracy
-    from metaacdc.evaluation_pool import EvaluationPool
+    from metaacdc.evaluation.evaluator import task_accuracy
+    from metaacdc.evaluation.pool import EvaluationPool
 
     learner, sampler = project_learner(args)
     work = functools.partial(task_accuracy, learner, inner_steps=None)

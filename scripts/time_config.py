@@ -24,13 +24,13 @@ from typing import Any
 import torch
 import yaml
 
-from metaacdc.api import Learner
+from metaacdc.maml.adaptation import Learner
 from metaacdc.cli.options import conv_spec
 from metaacdc.config import TrainConfig, load_config_file, resolve
 from metaacdc.data import EpisodeSampler
-from metaacdc.evaluation import evaluate
-from metaacdc.experiment import build_model, data_facts, evaluation_sampler, open_splits
+from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.learner import MetaLearner
+from metaacdc.runs.experiment import build_model, data_facts, evaluation_sampler, open_splits
 from metaacdc.training.step import meta_train_step
 
 

@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 import metaacdc
-from metaacdc.api import Learner, load, resolve_device
-from metaacdc.checkpoint import save_checkpoint
+from metaacdc.api import Learner, load
 from metaacdc.data import EpisodeSampler, open_split, prepare
 from metaacdc.errors import ConfigError
-from metaacdc.experiment import evaluation_transform
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.maml.learner import InLayout
-from metaacdc.runfolder import read_checkpoint
+from metaacdc.runs.checkpoint import save_checkpoint
+from metaacdc.runs.experiment import evaluation_transform
+from metaacdc.runs.folder import read_checkpoint
+from metaacdc.runtime.device import resolve_device
 from tests.data.data_fakes import write_fake_miniimagenet
 from tests.tiny_runs import IMAGE_SIZE, make_run, synthetic, tiny_config
 

@@ -16,13 +16,13 @@ from metaacdc.api import load
 from metaacdc.backbones import create_backbone
 from metaacdc.convs import conv_kind
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
-from metaacdc.evaluation import evaluate
+from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.training import meta_train_step, train
 from metaacdc.training.step import StepStats
-from tests.test_train_gradients import LR, STEPS, tiny_model, toy_tasks
-from tests.test_trainer import parameters, tiny
 from tests.tiny_runs import IMAGE_SIZE, evaluation_episodes, make_run, synthetic
+from tests.training.test_gradients import LR, STEPS, tiny_model, toy_tasks
+from tests.training.test_trainer import parameters, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from metaacdc.cli import build_parser
-from metaacdc.curves import COLUMNS
-from metaacdc.model_table import TABLE_COLUMNS
+from metaacdc.reports.curves import COLUMNS
+from metaacdc.reports.model_table import TABLE_COLUMNS
 from metaacdc.training.trainer import METRICS
 from tests.conftest import REPO
 

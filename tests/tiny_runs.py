@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from metaacdc.api import Learner
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import CachedSplit, EpisodeSampler, synthetic_split
-from metaacdc.experiment import build_model, data_facts, evaluation_transform
+from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
-from metaacdc.runfolder import RunFolder, save_learner
+from metaacdc.runs.experiment import build_model, data_facts, evaluation_transform
+from metaacdc.runs.folder import RunFolder, save_learner
 
 IMAGE_SIZE = 32
 IMAGES_PER_CLASS = 12

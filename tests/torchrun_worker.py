@@ -1,4 +1,4 @@
-"""A process of the jobs that tests/test_distributed.py launches with torchrun:
+"""A process of the jobs that tests/runtime/test_distributed.py launches with torchrun:
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.torchrun_worker
         MODE ...
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from metaacdc import distributed
+from metaacdc.runtime import distributed
 
 FAILURE = "rank 1 fails on purpose"
 

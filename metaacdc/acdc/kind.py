@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from metaacdc.acdc.layer import ACDCConv2d, Path
-from metaacdc.acdc.tying import layer_group_size, split_share, tie_coefficients
-from metaacdc.convs import ConvKind, kaiming_conv
+from metaacdc.acdc.tying import SHARES, layer_group_size, split_share, tie_coefficients
+from metaacdc.convs.base import ConvKind
+from metaacdc.convs.plain import kaiming_conv
+from metaacdc.convs.registry import register_conv_kind
 from metaacdc.errors import check_positive_int, check_probability
 
 
@@ -124,3 +128,9 @@ def convert(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, kind.from_conv(conv))
     return kind.finalize(model, example_input)
+
+
+for _share in SHARES:
+    register_conv_kind(
+        f"acdc-{_share}", options=("atoms", "atom_drop", "group_size", "include_1x1")
+    )(functools.partial(ACDC, _share))

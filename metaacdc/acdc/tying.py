@@ -7,10 +7,11 @@ from torch import Tensor, nn
 
 from metaacdc.acdc.layer import ACDCConv2d, init_coefficients
 from metaacdc.acdc.slicing import NestedSlices
+from metaacdc.convs.sharing import SCOPES, find_sites, scope_groups
 from metaacdc.errors import ConfigError, check_choice
-from metaacdc.sharing import find_sites, scope_groups
 
-SHARES: tuple[str, ...] = ("layer", "block", "net", "g-layer", "g-block", "g-net")
+#: ACDC's sharing choices: each sharing scope, and its grouped ``g-`` variant
+SHARES: tuple[str, ...] = (*SCOPES, *(f"g-{scope}" for scope in SCOPES))
 
 
 def split_share(share: str, group_size: int | None) -> tuple[str, int | None]:

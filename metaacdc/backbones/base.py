@@ -30,10 +30,3 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BN that always normalises with the statistics of the current batch (no running stats),
-    in training and evaluation, as MAML and CloserLook do (design §4). Support and query
-    batches are therefore normalised separately. Weight 1, bias 0."""
-    return nn.BatchNorm2d(channels, track_running_stats=False)

@@ -13,10 +13,11 @@ from typing import TypeVar
 
 from torch import Tensor, nn
 
-from metaacdc.backbones.base import Backbone, batch_norm
+from metaacdc.backbones.base import Backbone
 from metaacdc.backbones.pool_first import pool_first_applies, pooled_batch_norm
 from metaacdc.backbones.registry import register_backbone
-from metaacdc.convs import ConvKind
+from metaacdc.convs.base import ConvKind
+from metaacdc.convs.norm import batch_norm
 from metaacdc.errors import ConfigError
 
 WIDTH = 64

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from metaacdc.backbones.base import Backbone
-from metaacdc.convs import ConvKind, conv_kind
+from metaacdc.convs.base import ConvKind
+from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError, check_positive_int
 
 BackboneBuilder = Callable[..., Backbone]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metaacdc.backbones.base import Backbone, batch_norm
+from metaacdc.backbones.base import Backbone
 from metaacdc.backbones.registry import register_backbone
-from metaacdc.convs import ConvKind
+from metaacdc.convs.base import ConvKind
+from metaacdc.convs.norm import batch_norm
 from metaacdc.errors import ConfigError
 
 WIDTHS = (64, 128, 256, 512)

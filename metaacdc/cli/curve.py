@@ -4,16 +4,12 @@ makes the same table and plot from existing run folders."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metaacdc.cli.options import conv_spec
+from metaacdc.cli.options import ACDC_SHARES, conv_spec
 from metaacdc.config import TrainConfig, load_config_file
-from metaacdc.convs import ACDC_SHARES
-from metaacdc.errors import ConfigError, check_positive_int
-from metaacdc.runlock import RunBusyError
+from metaacdc.errors import check_positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,7 +103,7 @@ def _add_reference_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _references(choice: str, table: pd.DataFrame) -> pd.DataFrame | None:
-    from metaacdc.curves import REFERENCES, references_for
+    from metaacdc.reports.curves import REFERENCES, references_for
 
     return {"auto": references_for(table), "closerlook": REFERENCES, "none": None}[choice]
 
@@ -121,29 +117,10 @@ def _base_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _grid(args: argparse.Namespace) -> list[TrainConfig]:
-    """The runs of the grid, each with its data (one cache per image size when several)."""
-    from metaacdc.curves import data_by_image_size, grid
+    from metaacdc.reports.grid import grid_configs
 
-    base = _base_config(args)
-    data = args.data or []
-    if len(data) == 1:
-        base = dataclasses.replace(base, data=data[0])
-    configs = grid(base, args.shots, args.backbones, [_conv(a) for a in args.acdc])
-    if len(data) > 1:
-        caches = data_by_image_size(data)
-        for index, config in enumerate(configs):
-            if config.image_size not in caches:
-                raise ConfigError(
-                    f"no --data cache of {config.image_size}px for {config.backbone}; given "
-                    f"{', '.join(f'{s}px' for s in sorted(caches))} (metaacdc data prepare "
-                    f"--image-size {config.image_size})"
-                )
-            configs[index] = dataclasses.replace(config, data=caches[config.image_size])
-    return configs
-
-
-def _conv(acdc: str) -> str:
-    return conv_spec(acdc, None, None) or "plain"
+    convs = [conv_spec(acdc, None, None) or "plain" for acdc in args.acdc]
+    return grid_configs(_base_config(args), args.shots, args.backbones, convs, args.data or [])
 
 
 def run_curve(args: argparse.Namespace) -> int:
@@ -151,78 +128,39 @@ def run_curve(args: argparse.Namespace) -> int:
         check_positive_int("--shots", shots)
     check_positive_int("--tasks", args.tasks)
     check_positive_int("--eval-processes", args.eval_processes)
-    from metaacdc.curves import (
-        evaluation_file,
-        is_finished,
-        manifests_by_task_shape,
-        summarise,
-        write_report,
-    )
-    from metaacdc.run_evaluation import evaluate_run
-    from metaacdc.runfolder import RunFolder, run_name
-    from metaacdc.training import train
+    from metaacdc.reports.curves import summarise, write_report
+    from metaacdc.reports.grid import run_grid
+    from metaacdc.runs.folder import RunFolder
 
     configs = _grid(args)
     if args.estimate:
-        from metaacdc.estimate import estimate_grid, format_estimates
+        from metaacdc.reports.estimate import estimate_grid, format_estimates
 
         print(format_estimates(estimate_grid(configs, args.tasks)))
         return 0
-    manifests = manifests_by_task_shape(args.episodes or [])
-    episodes: list[Path | None] = []
-    for config in configs:
-        if args.episodes and (config.ways, config.shots) not in manifests:
-            raise ConfigError(
-                f"no --episodes manifest of {config.ways}-way {config.shots}-shot tasks "
-                f"among {', '.join(map(str, args.episodes))}"
-            )
-        episodes.append(manifests.get((config.ways, config.shots)))
-    run_dirs = []
-    busy = 0
-    for index, (config, manifest) in enumerate(zip(configs, episodes), 1):
-        run_dir = args.out / run_name(config)
-        run_dirs.append(run_dir)
-        print(f"[{index}/{len(configs)}] {run_dir.name}", flush=True)
-        try:
-            if not is_finished(run_dir):
-                summary = train(
-                    config,
-                    run_dir,
-                    resume=RunFolder(run_dir).last.is_file(),
-                    stop_after=args.stop_after,
-                )
-                if not summary.finished:
-                    print(f"  stopped at meta-update {summary.step}; rerun to continue")
-                    continue
-            evaluated = evaluation_file(run_dir, args.tasks, manifest)
-            if evaluated is None:
-                outcome = evaluate_run(
-                    run_dir,
-                    tasks=args.tasks,
-                    episodes=manifest,
-                    processes=args.eval_processes,
-                    progress=sys.stderr.isatty(),
-                )
-                print(f"  {outcome.result}")
-            else:
-                print(f"  finished and evaluated ({evaluated.name}); skipped")
-        except RunBusyError:
-            busy += 1
-            print("  in progress in another process; skipped")
-    if busy:
+    outcome = run_grid(
+        configs,
+        args.out,
+        tasks=args.tasks,
+        episodes=args.episodes or [],
+        processes=args.eval_processes,
+        stop_after=args.stop_after,
+        log=lambda line: print(line, flush=True),
+    )
+    if outcome.busy:
         print(
-            f"{busy} run(s) left to the other process(es) working on {args.out}; the report "
-            "below lacks them until one of those processes (or `metaacdc report`) reports "
-            "again"
+            f"{outcome.busy} run(s) left to the other process(es) working on {args.out}; the "
+            "report below lacks them until one of those processes (or `metaacdc report`) "
+            "reports again"
         )
-    table = summarise([d for d in run_dirs if RunFolder(d).config.is_file()])
+    table = summarise([d for d in outcome.run_dirs if RunFolder(d).config.is_file()])
     for path in write_report(table, args.out, _references(args.reference, table)):
         print(path)
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from metaacdc.curves import summarise, write_report
+    from metaacdc.reports.curves import summarise, write_report
 
     table = summarise(args.runs)
     if table.empty:

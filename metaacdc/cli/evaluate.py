@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.run.is_dir():
         raise FileNotFoundError(f"{args.run}: run folder not found")
 
-    from metaacdc import distributed
-    from metaacdc.run_evaluation import evaluate_run  # imports learn2learn: after the checks
+    from metaacdc.evaluation.run import evaluate_run  # imports learn2learn: after the checks
+    from metaacdc.runtime import distributed
 
     with distributed.join(args.device) as world:
         outcome = evaluate_run(

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     image_size = 84 if args.image_size is None else args.image_size
 
     from metaacdc.backbones import create_backbone
-    from metaacdc.summary import conv_rows, count_parameters, format_summary, forward_flops
+    from metaacdc.reports.summary import conv_rows, count_parameters, format_summary, forward_flops
 
     kind = conv_kind_from_args(args)
     model = create_backbone(args.backbone, kind, num_classes=args.ways, image_size=image_size)
@@ -94,9 +94,9 @@ class _TableRequest:
 
 def run_table(args: argparse.Namespace) -> int:
     from metaacdc.backbones import list_backbones
-    from metaacdc.curves import DEPTHS
     from metaacdc.errors import check_choice
-    from metaacdc.model_table import model_table, write_model_table
+    from metaacdc.reports.curves import DEPTHS
+    from metaacdc.reports.model_table import model_table, write_model_table
 
     if args.acdc != "none" or args.kernel_sharing != "none":
         raise ConfigError("--table covers every conv kind; drop --acdc/--kernel-sharing")

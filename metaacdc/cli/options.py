@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from metaacdc.convs import ACDC_SHARES, KERNEL_SHARES, ConvKind, conv_kind
+from metaacdc.acdc import SHARES as ACDC_SHARES
+from metaacdc.convs import ConvKind, conv_kind
+from metaacdc.convs.kernel_sharing import SCOPES as KERNEL_SCOPES
 from metaacdc.errors import ConfigError, check_choice
+
+KERNEL_SHARES = tuple(KERNEL_SCOPES)
 
 
 def add_model_options(parser: argparse.ArgumentParser, many_atoms: bool = False) -> None:
@@ -38,12 +42,34 @@ def add_model_options(parser: argparse.ArgumentParser, many_atoms: bool = False)
         help=f"kernel-sharing baseline scope: none or one of {', '.join(KERNEL_SHARES)}",
     )
     parser.add_argument("--regulators", action="store_true", help="DACNN per-block regulators")
+    add_conv_option(parser)
 
 
-def conv_spec(acdc: str | None, kernel_sharing: str | None, group_size: int | None) -> str | None:
-    """The conv-kind spec (``plain``, ``acdc-<share>``, ``ks-<scope>``) that ``--acdc`` /
-    ``--kernel-sharing`` describe, or ``None`` when neither is given. The two are exclusive;
-    a ``--group-size`` turns an ACDC scope into its grouped ``g-`` variant."""
+def add_conv_option(parser: argparse.ArgumentParser) -> None:
+    """--conv NAME: any registered conv kind, a user's included (instead of --acdc or
+    --kernel-sharing)."""
+    parser.add_argument(
+        "--conv",
+        default=None,
+        help="a registered conv kind by name (plain, acdc-net, ks-stage, or your own); "
+        "instead of --acdc / --kernel-sharing",
+    )
+
+
+def conv_spec(
+    acdc: str | None,
+    kernel_sharing: str | None,
+    group_size: int | None,
+    conv: str | None = None,
+) -> str | None:
+    """The conv-kind spec (``plain``, ``acdc-<share>``, ``ks-<scope>``, or ``--conv``'s
+    registered name) that ``--acdc`` / ``--kernel-sharing`` / ``--conv`` describe, or
+    ``None`` when none is given. They are exclusive; a ``--group-size`` turns an ACDC scope
+    into its grouped ``g-`` variant."""
+    if conv is not None:
+        if acdc is not None or kernel_sharing is not None:
+            raise ConfigError("--conv cannot be combined with --acdc or --kernel-sharing")
+        return conv
     if acdc is not None:
         check_choice("--acdc", acdc, ("none", *ACDC_SHARES))
     if kernel_sharing is not None:
@@ -63,7 +89,7 @@ def conv_spec(acdc: str | None, kernel_sharing: str | None, group_size: int | No
 def conv_kind_from_args(args: argparse.Namespace) -> ConvKind:
     """The conv kind the options of :func:`add_model_options` describe."""
     return conv_kind(
-        conv_spec(args.acdc, args.kernel_sharing, args.group_size) or "plain",
+        conv_spec(args.acdc, args.kernel_sharing, args.group_size, args.conv) or "plain",
         atoms=args.atoms,
         atom_drop=args.atom_drop,
         group_size=args.group_size,

@@ -2,7 +2,7 @@
 
 Settings come from the protocol defaults, then ``--config FILE``, then the command line
 (the command line wins). Under ``torchrun`` the processes share each meta-batch (see
-:mod:`metaacdc.distributed`).
+:mod:`metaacdc.runtime.distributed`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from metaacdc.cli.options import conv_spec
+from metaacdc.cli.options import ACDC_SHARES, KERNEL_SHARES, add_conv_option, conv_spec
 from metaacdc.config import DATASETS, TrainConfig, load_config_file
-from metaacdc.convs import ACDC_SHARES, KERNEL_SHARES
 from metaacdc.errors import ConfigError
 
 #: (flag, config field, type, help); flags left unset do not override the config file.
@@ -78,6 +77,7 @@ def add_parser(sub: Any) -> None:
         default=None,
         help=f"kernel-sharing baseline: none or one of {', '.join(KERNEL_SHARES)}",
     )
+    add_conv_option(parser)
     parser.add_argument("--config", type=Path, help="YAML or TOML file of settings")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -93,16 +93,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for dest in [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"]:
         if getattr(args, dest, None) is not None:
             values[dest] = getattr(args, dest)
-    conv = conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"))
+    conv = conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"), args.conv)
     if conv is not None:
         values["conv"] = conv
     return TrainConfig.from_dict(values, source=str(args.config or "command line"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from metaacdc import distributed
     from metaacdc.config import resolve
-    from metaacdc.runfolder import run_name
+    from metaacdc.runs.folder import run_name
+    from metaacdc.runtime import distributed
     from metaacdc.training import TrainingDivergedError, train
 
     config = resolve(config_from_args(args))

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from metaacdc.data.cache import CachedSplit
+from metaacdc.data.normalise import Normalise, Transform
 from metaacdc.errors import ConfigError, check_positive_int
 
-Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``transform(images, generator)``: float images ``(N, C, H, W)`` in ``[0, 1]`` -> same."""
 
 
@@ -81,20 +81,9 @@ class EpisodeBuilder:
         std: Sequence[float] | None = None,
     ) -> None:
         self.split = split
-        self.transform = transform
-        channels = split.channels
         mean = split.meta.mean if mean is None else mean
         std = split.meta.std if std is None else std
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ConfigError(
-                f"normalisation needs {channels} means and {channels} positive "
-                f"stds, got mean={list(mean)} std={list(std)}"
-            )
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
-        # uint8 -> normalised float in one multiply-add when there is no transform
-        self.scale = 1.0 / (255.0 * self.std)
-        self.shift = -self.mean / self.std
+        self.normalise = Normalise(split.channels, mean, std, transform)
 
     def images(self, indices: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         """Images at ``indices`` as normalised, contiguous ``(N, C, H, W)`` float32."""
@@ -103,10 +92,7 @@ class EpisodeBuilder:
         pixels[order] = self.split.images[indices[order]]
         # numpy moves uint8 channels first faster than torch's permute().contiguous()
         batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
-        if self.transform is None:
-            return batch.float().mul_(self.scale).add_(self.shift)
-        images = self.transform(batch.float().div_(255.0), generator)
-        return images.sub_(self.mean).div_(self.std).contiguous()
+        return self.normalise(batch, generator)
 
     def build(
         self, classes: np.ndarray, items: np.ndarray, shots: int, generator: torch.Generator

@@ -128,3 +128,9 @@ def train_transform(jitter: float = 0.4) -> TrainTransform:
 def eval_transform(zoom: float = 1.15) -> EvalTransform:
     """The design §5 test-time transform."""
     return EvalTransform(zoom=zoom)
+
+
+def uses_image_transforms(dataset: str, augment: bool) -> bool:
+    """Colour images get CloserLook's augmentation and test-time zoom (design §5); Omniglot
+    and runs with ``augment: false`` get neither."""
+    return augment and dataset != "omniglot"

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from metaacdc import distributed
 from metaacdc.data import Episode
-from metaacdc.distributed import World
 from metaacdc.maml.learner import MetaLearner, adapt_task
+from metaacdc.runtime import distributed
+from metaacdc.runtime.distributed import World
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,13 @@ def meta_train_step(
     graph (second-order included) is alive at a time; gradients add up in ``.grad``, which
     equals back-propagating the sum. When several processes share the meta-batch, each
     task's gradient is set aside and all are added in meta-batch order after an
-    all-gather (:class:`metaacdc.distributed.TaskGradients`), so the step is bit for bit the
+    all-gather (:class:`metaacdc.runtime.distributed.TaskGradients`), so the step is bit for bit the
     single-process one (CPU; same number of threads per process).
 
     Args:
         learner, optimizer: the meta-learner and its optimizer.
         tasks: the meta-batch; with several processes, this process's share of it, tasks
-            ``rank, rank + size, ...`` (:meth:`metaacdc.distributed.World.shard`).
+            ``rank, rank + size, ...`` (:meth:`metaacdc.runtime.distributed.World.shard`).
         inner_steps: adaptation steps per task.
         device: where the model is.
         amp: bfloat16 autocast.
@@ -76,7 +76,7 @@ def meta_train_step(
             on which process trains the task; the global generators are restored after each
             task. ``None``: the global generators are used as they are.
         world: the processes sharing the meta-batch (default
-            :func:`metaacdc.distributed.current`); gradients and statistics are summed over
+            :func:`metaacdc.runtime.distributed.current`); gradients and statistics are summed over
             them before the step, which every process takes.
 
     Returns:

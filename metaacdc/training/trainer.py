@@ -2,7 +2,7 @@
 and resumption that continues a killed run to the same result as an uninterrupted one.
 
 Under ``torchrun`` every process runs this loop on its share of each meta-batch (see
-:mod:`metaacdc.distributed`); rank 0 alone writes the run folder. Nothing in a checkpoint
+:mod:`metaacdc.runtime.distributed`); rank 0 alone writes the run folder. Nothing in a checkpoint
 depends on the number of processes, so a run can be resumed with another number.
 """
 
@@ -19,25 +19,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from metaacdc import distributed
-from metaacdc.api import Learner, resolve_device
-from metaacdc.checkpoint import load_checkpoint
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import Episode, EpisodeSampler, episode_loader
 from metaacdc.data.loader import ShardedSampler
 from metaacdc.data.sampler import task_seed
 from metaacdc.errors import ConfigError
-from metaacdc.evaluation import evaluate
-from metaacdc.experiment import (
+from metaacdc.evaluation.evaluator import evaluate
+from metaacdc.maml.adaptation import Learner
+from metaacdc.maml.learner import MetaLearner
+from metaacdc.runs.checkpoint import load_checkpoint
+from metaacdc.runs.experiment import (
     build_model,
     data_facts,
     evaluation_sampler,
     open_splits,
     training_transform,
 )
-from metaacdc.maml.learner import MetaLearner
-from metaacdc.runfolder import RunFolder, save_learner
-from metaacdc.runlock import claim, training_lock
+from metaacdc.runs.folder import RunFolder, save_learner
+from metaacdc.runs.lock import claim, training_lock
+from metaacdc.runtime import distributed
+from metaacdc.runtime.device import resolve_device
 from metaacdc.training.step import meta_train_step
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
@@ -105,7 +106,7 @@ def train(
     progress: bool = True,
     checkpoint_every_s: float | None = 600.0,
 ) -> RunSummary:
-    """Meta-train ``config`` into run folder ``out`` (see :mod:`metaacdc.runfolder`).
+    """Meta-train ``config`` into run folder ``out`` (see :mod:`metaacdc.runs.folder`).
 
     In a ``torch.distributed`` job (a process group is initialised, as ``metaacdc train``
     does under ``torchrun``) every process must call it: the tasks of each meta-batch and
@@ -113,7 +114,7 @@ def train(
 
     The model's own randomness (atom-drop) during a task is seeded from ``(seed, task
     index)`` (:func:`metaacdc.data.sampler.task_seed`), like the task itself, and task
-    gradients are added in meta-batch order (:class:`metaacdc.distributed.TaskGradients`),
+    gradients are added in meta-batch order (:class:`metaacdc.runtime.distributed.TaskGradients`),
     so the result does not depend on the number of processes: on CPU it is bit-identical
     when every process has the same number of threads.
 
@@ -132,7 +133,7 @@ def train(
         TrainingDivergedError: the loss became NaN/inf.
         KeyboardInterrupt: after saving a checkpoint of the last completed meta-update.
         ConfigError: more processes than tasks in a meta-batch, among others.
-        RunBusyError: another process is training ``out`` (see :mod:`metaacdc.runlock`).
+        RunBusyError: another process is training ``out`` (see :mod:`metaacdc.runs.lock`).
     """
     config = resolve(config)
     world = distributed.current()
@@ -244,7 +245,6 @@ def _train_claimed(
             inner_steps=config.test_inner_steps,
             progress=False,
         )
-        learner.train()  # Learner switched the shared meta-learner to eval mode
         improved = best_val is None or result.mean > best_val
         if improved:
             best_val, best_step = result.mean, step

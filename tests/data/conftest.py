@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_fakes import write_fake_miniimagenet
+
+from tests.data.data_fakes import write_fake_miniimagenet
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fakes import fake_rows
 
 from metaacdc.data import (
     CachedSplit,
@@ -25,6 +24,7 @@ from metaacdc.data import (
 )
 from metaacdc.data.sources.miniimagenet import read_split_csv
 from metaacdc.errors import ConfigError
+from tests.data.data_fakes import fake_rows
 
 EPISODES = Path(__file__).resolve().parents[2] / "episodes"
 FROZEN = {
@@ -85,7 +85,7 @@ def test_gzip_round_trip(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fake_test_cache(tmp_path_factory: pytest.TempPathFactory) -> CachedSplit:
-    from data_fakes import write_fake_miniimagenet
+    from tests.data.data_fakes import write_fake_miniimagenet
 
     base = tmp_path_factory.mktemp("manifest")
     root = write_fake_miniimagenet(base / "mini", "folders")

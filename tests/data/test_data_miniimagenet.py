@@ -9,11 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fakes import IMAGES_PER_CLASS, SPLIT_CLASSES, fake_rows, write_fake_miniimagenet
 
 from metaacdc.data import open_split, prepare
 from metaacdc.data.sources.miniimagenet import detect_layout, plan_split
 from metaacdc.errors import ConfigError
+from tests.data.data_fakes import (
+    IMAGES_PER_CLASS,
+    SPLIT_CLASSES,
+    fake_rows,
+    write_fake_miniimagenet,
+)
 
 SIZE = 16
 

@@ -1,0 +1,42 @@
+"""The conv-kind interface: what a backbone calls to build each conv (injected, not a flag).
+
+A backbone calls ``kind.make(...)`` for every convolution and ``kind.block_output(width)`` at
+the end of every block, then ``kind.finalize(model, example_input)`` once, which is where
+cross-layer sharing (ACDC coefficients, anchored kernels) is tied up.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+
+class ConvKind(ABC):
+    """Factory for the convolutions of a backbone."""
+
+    #: short label used in summaries, run names and tables ("plain", "acdc-net", ...)
+    label: str = "plain"
+
+    @abstractmethod
+    def make(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+    ) -> nn.Module:
+        """One convolution ``in_channels -> out_channels``."""
+
+    def block_output(self, channels: int) -> nn.Module:
+        """A module appended to the output of each block (identity unless a kind adds one)."""
+        return nn.Identity()
+
+    def finalize(self, model: nn.Module, example_input: Tensor | None = None) -> nn.Module:
+        """Tie parameters across the finished model; ``example_input`` reveals feature sizes."""
+        return model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.label})"

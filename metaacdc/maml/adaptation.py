@@ -1,0 +1,289 @@
+"""Adapting a trained meta-learner to new few-shot tasks: the code path of the evaluator,
+of validation and of the adaptation API (:func:`metaacdc.load`).
+
+Adaptation is :func:`metaacdc.maml.learner.adapt_task` on a first-order, detached task copy:
+no second-order graph is built and nothing is written into the meta-learner, which can be
+adapted to any number of tasks in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metaacdc.config import TrainConfig
+from metaacdc.data.images import ImageLike, ImagePreprocessor
+from metaacdc.data.normalise import Normalise
+from metaacdc.data.transforms import eval_transform, uses_image_transforms
+from metaacdc.errors import ConfigError, check_positive_int
+from metaacdc.maml.l2l import learn2learn as l2l
+from metaacdc.maml.learner import MetaLearner, TaskLearner, adapt_task
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (atom-drop off) within the block; every submodule's own mode
+    is back afterwards, so validation leaves a training meta-learner as it found it."""
+    modes = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for child, training in modes:
+            child.training = training
+
+
+class FirstLogits(nn.Module):
+    """``module`` restricted to the logits of its first ``ways`` classes (an N-way task on
+    a head with more outputs)."""
+
+    def __init__(self, module: nn.Module, ways: int) -> None:
+        super().__init__()
+        self.module = module
+        self.ways = ways
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` images -> ``(N, ways)`` logits."""
+        return self.module(x)[:, : self.ways]
+
+
+class _FirstWays(TaskLearner):
+    """A task learner whose logits (hence its support loss) use the first ``ways`` outputs."""
+
+    def __init__(self, task: TaskLearner, ways: int) -> None:
+        super().__init__(task.features, task.head, task.first_order, task.layouts)
+        self.ways = ways
+
+    def logits_in(self, x: Tensor, memory_format: torch.memory_format) -> Tensor:
+        return super().logits_in(x, memory_format)[:, : self.ways]
+
+    def as_module(self) -> nn.Module:
+        return FirstLogits(super().as_module(), self.ways)
+
+
+class Learner:
+    """A trained meta-learner ready to adapt to new few-shot tasks (see :func:`metaacdc.load`).
+
+    Args:
+        meta: the meta-learner, with its trained weights.
+        config: the run's resolved configuration.
+        data: the preprocessing facts recorded with the run (``channels``, ``image_size``,
+            ``mean``, ``std``, ``inverted``; see :func:`metaacdc.runs.experiment.data_facts`).
+        device: where adaptation runs.
+
+    Attributes:
+        meta: the :class:`~metaacdc.maml.learner.MetaLearner`. Adaptation runs in its
+            current mode: :func:`metaacdc.load` gives it in eval mode (atom-drop off), and
+            :func:`metaacdc.evaluation.evaluate` holds it there for its tasks.
+        config: the resolved :class:`~metaacdc.config.TrainConfig`.
+        data: the recorded data facts.
+        device: the device of the model; inputs are moved to it.
+    """
+
+    def __init__(
+        self, meta: MetaLearner, config: TrainConfig, data: dict[str, Any], device: torch.device
+    ) -> None:
+        self.meta = meta.to(device)
+        self.config = config
+        self.data = data
+        self.device = device
+        zoom = uses_image_transforms(config.dataset, config.augment)
+        transform = eval_transform() if zoom else None
+        self._preprocess = ImagePreprocessor(
+            int(data["channels"]),
+            int(data["image_size"]),
+            bool(data["inverted"]),
+            Normalise(int(data["channels"]), data["mean"], data["std"], transform),
+        )
+
+    @property
+    def ways(self) -> int:
+        """Outputs of the classifier head: the largest N of an N-way task."""
+        return int(self.meta.model.head.out_features)
+
+    @property
+    def channels(self) -> int:
+        """Input channels (3 for RGB, 1 for grayscale)."""
+        return int(self.data["channels"])
+
+    @property
+    def image_size(self) -> int:
+        """Input side ``H == W`` in pixels."""
+        return int(self.data["image_size"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Learner({self.config.backbone}, conv={self.config.conv}, ways={self.ways}, "
+            f"{self.channels}x{self.image_size}x{self.image_size} inputs, device={self.device})"
+        )
+
+    # ----------------------------------------------------------------- preprocessing
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        """Raw images -> model inputs, with exactly the run's evaluation preprocessing.
+
+        Each image is converted to the run's channels (RGB or grayscale ``L``), resized to
+        ``image_size`` squared with PIL bilinear (as ``metaacdc data prepare`` does; no
+        resize when it already has that size), inverted for Omniglot runs, then given the
+        run's evaluation transform (resize 1.15x and centre crop, when it has one) and
+        normalised with the mean and std recorded in the checkpoint.
+
+        Args:
+            images: one image or a list of them. An image is a PIL image; a numpy array
+                ``H x W`` or ``H x W x C`` (C in 1, 3, 4), uint8 in 0..255 or float in
+                0..1 (rounded to uint8 first, as an image file would be); a path to an
+                image file; or a uint8 tensor ``(C, H, W)``. A uint8 tensor
+                ``(N, C, H, W)`` is a batch. All are raw pictures, as a dataset's files
+                hold them (Omniglot: dark strokes on white).
+
+        Returns:
+            ``(N, C, H, W)`` float32 on :attr:`device`.
+
+        Raises:
+            ConfigError: an input of an unsupported type, shape or dtype, or an empty list.
+            FileNotFoundError: a path that does not exist.
+        """
+        return self._preprocess(images).to(self.device)
+
+    # ------------------------------------------------------------------- adaptation
+
+    def adapt(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> nn.Module:
+        """An adapted copy of the model for one N-way task; the learner is unchanged.
+
+        Takes ``steps`` first-order SGD steps on the support set's cross-entropy, on a copy
+        detached from the learner (no second-order graph, no ``.grad`` written into it).
+        For ``N`` below the head's :attr:`ways` only the first ``N`` logits are used, in
+        adaptation and in the returned model.
+
+        Args:
+            support_x: ``(S, C, H, W)`` float images from :meth:`preprocess`.
+            support_y: ``(S,)`` int64 labels in ``0..N-1``, each label present,
+                ``2 <= N <= ways``.
+            steps: inner steps; default the run's ``test_inner_steps``.
+            lr: inner step size; default the run's ``inner_lr``. Not accepted for Meta-SGD
+                runs, whose step sizes are learned per parameter.
+
+        Returns:
+            A module in eval mode: ``model(query_x)`` gives ``(Q, N)`` logits. Its adapted
+            parameters are plain tensors (no gradient). With ``adapt: head`` runs, the
+            feature extractor is the learner's own (not adapted, shared). Called without
+            autograd (``torch.no_grad()``, as :meth:`predict` and the evaluator call it), a
+            Conv backbone pools before its batch norms' per-channel map
+            (:mod:`metaacdc.backbones.pool_first`): the same logits up to float rounding.
+
+        Raises:
+            ConfigError: inputs of a wrong type, shape, dtype or label set; a bad
+                ``steps`` or ``lr``.
+        """
+        ways = self._check_support(support_x, support_y)
+        steps = self.config.test_inner_steps if steps is None else steps
+        check_positive_int("steps", steps, minimum=0)
+        assert steps is not None
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0
+        ):
+            raise ConfigError(f"lr={lr!r} is not valid; expected a positive number")
+        with torch.enable_grad():  # also when called under torch.no_grad()
+            task = self.meta.task_learner(first_order=True, detached=True)
+            if lr is not None:
+                if not isinstance(task.head, l2l.algorithms.MAML):
+                    raise ConfigError(
+                        "lr cannot be set for a Meta-SGD run: its step sizes are learned per "
+                        "parameter; leave lr=None"
+                    )
+                task.head.lr = float(lr)
+            if ways < self.ways:
+                task = _FirstWays(task, ways)
+            adapt_task(task, support_x.to(self.device), support_y.to(self.device), steps)
+        l2l.utils.detach_module(task.head)  # the adapted copy only, never shared features
+        return task.as_module().eval()
+
+    def predict(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        return_logits: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Adapt to the support set (:meth:`adapt`) and classify the queries.
+
+        Args:
+            support_x: ``(S, C, H, W)`` float support images.
+            support_y: ``(S,)`` int64 labels in ``0..N-1``.
+            query_x: ``(Q, C, H, W)`` float query images, same size as the support.
+            steps: inner steps; default the run's ``test_inner_steps``.
+            lr: inner step size; default the run's ``inner_lr``.
+            return_logits: also return the ``(Q, N)`` logits.
+
+        Returns:
+            ``(Q,)`` int64 predicted labels (on :attr:`device`), and the logits when asked.
+        """
+        self._check_images("query_x", query_x)  # the model's size, hence the support's
+        model = self.adapt(support_x, support_y, steps=steps, lr=lr)
+        with torch.no_grad():
+            logits = model(query_x.to(self.device))
+        predicted = logits.argmax(1)
+        return (predicted, logits) if return_logits else predicted
+
+    # ------------------------------------------------------------------- validation
+
+    def _check_images(self, name: str, images: object) -> None:
+        expected = f"(N, {self.channels}, {self.image_size}, {self.image_size})"
+        if not isinstance(images, Tensor):
+            raise ConfigError(
+                f"{name} must be a tensor {expected}, got {type(images).__name__}; "
+                "use learner.preprocess(images) to build one"
+            )
+        if not images.is_floating_point():
+            raise ConfigError(
+                f"{name} has dtype {images.dtype}; expected float images from "
+                "learner.preprocess (uint8 pixels are not normalised)"
+            )
+        if images.dim() != 4 or images.shape[1:] != (
+            self.channels,
+            self.image_size,
+            self.image_size,
+        ):
+            raise ConfigError(f"{name} has shape {tuple(images.shape)}; expected {expected}")
+        if images.shape[0] == 0:
+            raise ConfigError(f"{name} is empty; give at least one image per class")
+
+    def _check_support(self, support_x: Tensor, support_y: Tensor) -> int:
+        """Validate a support set; returns N, its number of classes."""
+        self._check_images("support_x", support_x)
+        if not isinstance(support_y, Tensor) or support_y.dtype != torch.int64:
+            kind = support_y.dtype if isinstance(support_y, Tensor) else type(support_y).__name__
+            raise ConfigError(f"support_y must be an int64 (long) tensor of labels, got {kind}")
+        if support_y.dim() != 1 or len(support_y) != len(support_x):
+            raise ConfigError(
+                f"support_y has shape {tuple(support_y.shape)}; expected ({len(support_x)},), "
+                "one label per support image"
+            )
+        present = torch.unique(support_y.cpu()).tolist()
+        ways = present[-1] + 1
+        if present[0] < 0 or present != list(range(ways)):
+            raise ConfigError(
+                f"support_y labels are {present}; expected every label of 0..N-1 "
+                "(N classes, each with at least one support image)"
+            )
+        if ways < 2:
+            raise ConfigError("support_y has a single class; a task needs N >= 2 classes")
+        if ways > self.ways:
+            raise ConfigError(
+                f"support_y has {ways} classes but this model's head has {self.ways} "
+                f"outputs; tasks of 2 to {self.ways} ways are accepted"
+            )
+        return ways

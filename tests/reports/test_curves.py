@@ -1,0 +1,299 @@
+"""`metaacdc curve` runs, resumes and skips the grid; `metaacdc report` tables and plots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+import yaml
+
+from metaacdc.cli import main
+from metaacdc.errors import ConfigError
+from metaacdc.reports.curves import (
+    COLUMNS,
+    DEPTHS,
+    REFERENCES,
+    data_by_image_size,
+    manifests_by_task_shape,
+    plot_curve,
+    references_for,
+)
+from metaacdc.runs.folder import RunFolder
+from metaacdc.runs.lock import claim, training_lock
+from tests.conftest import REPO
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+TINY = {
+    "image_size": 16,
+    "synthetic_images_per_class": 12,
+    "meta_updates": 2,
+    "val_every": 2,
+    "val_tasks": 2,
+    "workers": 0,
+    "inner_steps": 1,
+    "queries": 2,
+    "test_queries": 3,
+    "meta_batch": 2,
+}
+
+
+@pytest.fixture
+def base_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def curve(out: Path, config: Path, *extra: str) -> int:
+    return main(
+        [
+            "curve",
+            "--shots",
+            "1",
+            "5",
+            "--backbones",
+            "conv4",
+            "--acdc",
+            "none",
+            "net",
+            "--config",
+            str(config),
+            "--tasks",
+            "5",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_curve_runs_the_grid_then_skips_finished_runs(tmp_path, base_config, capsys) -> None:
+    out = tmp_path / "curve"
+    assert curve(out, base_config) == 0
+    table = pd.read_csv(out / "curve.csv")
+    assert tuple(table.columns) == COLUMNS
+    assert sorted(zip(table["shots"], table["conv"])) == [
+        (1, "acdc-net"),
+        (1, "plain"),
+        (5, "acdc-net"),
+        (5, "plain"),
+    ]
+    assert (table["tasks"] == 5).all() and table["accuracy"].between(0, 100).all()
+    assert (table["depth"] == DEPTHS["conv4"]).all()
+    assert (out / "curve.png").stat().st_size > 10_000
+    assert "| run | backbone | depth |" in (out / "curve.md").read_text()
+    checkpoints = sorted(out.glob("*/checkpoints/last.pt"))
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    capsys.readouterr()
+    assert curve(out, base_config) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+
+
+def test_curve_stop_after_then_resume(tmp_path, base_config, capsys) -> None:
+    out = tmp_path / "curve"
+    assert curve(out, base_config, "--stop-after", "1") == 0
+    assert capsys.readouterr().out.count("stopped at meta-update 1") == 4
+    assert not (out / "curve.csv").read_text().strip().splitlines()[1:]
+    assert curve(out, base_config) == 0
+    assert len(pd.read_csv(out / "curve.csv")) == 4
+
+
+def test_curve_command_line_overrides_the_config_file(tmp_path, base_config) -> None:
+    out = tmp_path / "curve"
+    overrides = ["--inner-lr", "0.05", "--meta-updates", "3", "--stop-after", "1"]
+    assert curve(out, base_config, *overrides) == 0
+    configs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*/config.yaml"))]
+    assert len(configs) == 4
+    assert all(c["inner_lr"] == 0.05 and c["meta_updates"] == 3 for c in configs)
+    assert all(c["val_tasks"] == TINY["val_tasks"] for c in configs)
+
+
+def test_report_matches_curve_table(tmp_path, base_config) -> None:
+    out = tmp_path / "curve"
+    assert curve(out, base_config) == 0
+    runs = [str(p) for p in sorted(out.iterdir()) if (p / "config.yaml").is_file()]
+    assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "report" / "curve.csv"), pd.read_csv(out / "curve.csv")
+    )
+
+
+def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys) -> None:
+    """Two `curve` commands on one --out share the grid: a run claimed by one is skipped by
+    the other, whose report lacks it until a later pass."""
+    out = tmp_path / "curve"
+    busy = out / "conv4-plain-synthetic-5w1s-seed0"
+    with claim(training_lock(busy), "training"):
+        assert curve(out, base_config) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("in progress in another process; skipped") == 1
+    assert "1 run(s) left to the other process(es)" in printed
+    assert not RunFolder(busy).last.exists()
+    assert len(pd.read_csv(out / "curve.csv")) == 3
+    assert curve(out, base_config) == 0
+    assert busy.name in set(pd.read_csv(out / "curve.csv")["run"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["curve", "--acdc", "everything"], "--acdc='everything' is not valid"),
+        (["curve", "--backbones", "vgg16"], "backbones vgg16 are not in the depth study"),
+        (["report", "/no/such/run"], "not a run folder"),
+        (["curve", "--eval-processes", "0"], "--eval-processes=0"),
+    ],
+)
+def test_errors_exit_2_with_one_line(argv: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "metaacdc", *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def _table(dataset: str, ways: int = 5) -> pd.DataFrame:
+    rows = [
+        (f"{b}-{c}", b, DEPTHS[b], c, dataset, ways, s, 10, 50.0 + DEPTHS[b] / 10, 1.0)
+        for s in (1, 5)
+        for b in ("conv4", "resnet10")
+        for c in ("plain", "acdc-net")
+    ]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def test_references_are_the_published_numbers() -> None:
+    closerlook = REFERENCES[REFERENCES["source"] == "CloserLook MAML (reference)"]
+    assert len(closerlook) == 10 and set(closerlook["backbone"]) == set(DEPTHS)
+    by_key = REFERENCES.set_index(["source", "backbone", "shots"])
+    assert by_key.loc[("CloserLook MAML (reference)", "resnet18", 1), "accuracy"] == 49.61
+    assert by_key.loc[("CloserLook MAML (reference)", "resnet34", 5), "ci95"] == 0.79
+    assert by_key.loc[("MAML paper, Conv4-32 (reference)", "conv4", 5), "accuracy"] == 63.11
+
+
+def test_references_only_for_five_way_miniimagenet() -> None:
+    assert references_for(_table("miniimagenet")) is REFERENCES
+    assert references_for(_table("synthetic")) is None
+    assert references_for(_table("miniimagenet", ways=20)) is None
+
+
+def _legend(table: pd.DataFrame, references: pd.DataFrame | None) -> list[list[str]]:
+    figure = plot_curve(table, references)
+    labels = [[t.get_text() for t in axis.get_legend().get_texts()] for axis in figure.axes]
+    plt.close(figure)
+    return labels
+
+
+def test_plot_draws_references_as_extra_series() -> None:
+    table = _table("miniimagenet")
+    references = ["CloserLook MAML (reference)", "MAML paper, Conv4-32 (reference)"]
+    assert _legend(table, None) == [["MAML (acdc-net)", "MAML (plain)"]] * 2
+    assert _legend(table, REFERENCES) == [["MAML (acdc-net)", "MAML (plain)", *references]] * 2
+
+
+def test_report_reference_option(tmp_path, base_config) -> None:
+    out = tmp_path / "curve"
+    grid = ["--shots", "1", "--backbones", "conv4", "--acdc", "none", "--tasks", "5"]
+    assert main(["curve", *grid, "--config", str(base_config), "--out", str(out)]) == 0
+    run = str(out / "conv4-plain-synthetic-5w1s-seed0")
+    images = {}
+    for choice in ("auto", "none", "closerlook"):
+        assert main(["report", run, "--out", str(tmp_path / choice), "--reference", choice]) == 0
+        images[choice] = (tmp_path / choice / "curve.png").read_bytes()
+    # synthetic runs: no miniImageNet references unless asked for
+    assert images["auto"] == images["none"] != images["closerlook"]
+
+
+def test_curve_hands_eval_processes_to_the_evaluator(
+    tmp_path: Path, base_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import metaacdc.evaluation.run
+
+    asked = []
+
+    def evaluate(*args, processes: int, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(processes)
+        return real(*args, processes=1, **kwargs)  # the pool itself: test_evaluation_pool
+
+    real = metaacdc.evaluation.run.evaluate
+    monkeypatch.setattr(metaacdc.evaluation.run, "evaluate", evaluate)
+    grid = ["--shots", "1", "--backbones", "conv4", "--acdc", "none", "--tasks", "2"]
+    out = str(tmp_path / "curve")
+    argv = ["curve", *grid, "--config", str(base_config), "--out", out, "--eval-processes", "3"]
+    assert main(argv) == 0
+    assert asked == [3]
+
+
+def test_curve_estimate_prints_and_runs_nothing(tmp_path, capsys) -> None:
+    out = tmp_path / "curve"
+    argv = ["curve", "--backbones", "conv4", "resnet10", "--shots", "1", "--image-size", "16"]
+    assert main([*argv, "--out", str(out), "--estimate"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ESTIMATE, not a measurement")
+    assert len([line for line in text.splitlines() if line.startswith(("conv4", "resnet10"))]) == 4
+    assert "total" in text and not out.exists()
+
+
+@pytest.fixture
+def tiny_cache(tmp_path: Path) -> Path:
+    cache = tmp_path / "cache"
+    prepare = "data prepare --source synthetic --image-size 16 --images-per-class 12"
+    assert main([*prepare.split(), "--out", str(cache), "--no-progress"]) == 0
+    return cache
+
+
+def test_curve_tests_every_run_on_its_frozen_episodes(tmp_path, base_config, tiny_cache) -> None:
+    manifests = []
+    for shots in (1, 5):
+        manifests.append(tmp_path / f"tiny-test-5w{shots}s-3q.json")
+        freeze = f"data freeze --shots {shots} --queries 3 --tasks 4"
+        cache = ["--cache", str(tiny_cache / "test")]
+        assert main([*freeze.split(), *cache, "--out", str(manifests[-1])]) == 0
+    out = tmp_path / "curve"
+    extra = ["--data", str(tiny_cache), "--episodes", *map(str, manifests), "--tasks", "4"]
+    assert curve(out, base_config, *extra) == 0
+    evaluations = sorted(p.name for p in out.glob("*/eval/*.csv"))
+    assert evaluations == sorted(
+        [f"test-tiny-test-5w{s}s-3q-4tasks-1steps.csv" for s in (1, 5) for _ in range(2)]
+    )
+    assert (pd.read_csv(out / "curve.csv")["tasks"] == 4).all()
+
+
+def test_data_by_image_size(tmp_path, tiny_cache) -> None:
+    assert data_by_image_size([str(tiny_cache)]) == {16: str(tiny_cache)}
+    with pytest.raises(ConfigError, match="both 16px caches"):
+        data_by_image_size([str(tiny_cache), str(tiny_cache)])
+    with pytest.raises(ConfigError, match="not a prepared cache"):
+        data_by_image_size([str(tmp_path)])
+
+
+def test_shipped_manifests_by_task_shape() -> None:
+    paths = sorted((REPO / "episodes").glob("miniimagenet-test-*.json"))
+    assert set(manifests_by_task_shape(paths)) == {(5, 1), (5, 5)}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--episodes", "episodes/miniimagenet-test-5w1s-15q.json"], "no --episodes manifest of"),
+        (["--data", "a", "b"], "--data a: not a prepared cache"),
+        (["--inner-lr", "0"], "inner_lr=0.0 is not valid; expected a positive number"),
+        (["--inner-lr", "fast"], "argument --inner-lr: invalid float value: 'fast'"),
+    ],
+)
+def test_curve_option_errors(tmp_path, base_config, extra, message) -> None:
+    argv = ["curve", "--backbones", "conv4", "--config", str(base_config), *extra]
+    result = subprocess.run(
+        [sys.executable, "-m", "metaacdc", *argv, "--out", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
