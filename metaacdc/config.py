@@ -1,9 +1,11 @@
 """The training configuration: one dataclass, protocol defaults per backbone (design §5),
-loading from YAML/TOML files, and resolution of the values left to the protocol."""
+building it from a YAML/TOML file and overrides (:func:`build_config`, what the command line
+and Python users call alike), and resolution of the values left to the protocol."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,13 @@ from typing import Any
 import tomllib
 import yaml
 
+from metaacdc.acdc.tying import grouped_spec
 from metaacdc.convs.base import ConvKind
 from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
 DATASETS: tuple[str, ...] = ("synthetic", "miniimagenet", "omniglot")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
-CONV_BACKBONES = ("conv4", "conv6")
 
 
 @dataclass
@@ -63,19 +65,70 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from a mapping; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                f"accepted: {', '.join(sorted(known))}"
-            )
+        _refuse_unknown(values, source)
         return cls(**values)
+
+
+def _refuse_unknown(names: Iterable[str], source: str) -> None:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(known))}"
+        )
+
+
+def _settings(values: Mapping[Any, Any], source: str) -> dict[str, Any]:
+    """``values`` keyed by :class:`TrainConfig` field names (dashes become underscores);
+    a name given twice or unknown is refused, naming ``source``."""
+    settings: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in settings:
+            raise ConfigError(f"{source}: setting {name} is given twice")
+        settings[name] = value
+    _refuse_unknown(settings, source)
+    return settings
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str = "overrides",
+) -> TrainConfig:
+    """A run's settings: the protocol defaults, then ``config_file``, then ``overrides``
+    (each wins over the one before). ``metaacdc train --config FILE --seed 3`` is
+    ``build_config(FILE, {"seed": 3}, source="command line")``.
+
+    Args:
+        config_file: a ``.yaml``/``.yml`` or ``.toml`` file of settings, or ``None``.
+        overrides: settings that win over the file's.
+        source: what ``overrides`` are called in error messages (``"command line"``).
+
+    Keys are :class:`TrainConfig` field names, with dashes or underscores. An ungrouped
+    ACDC conv given a ``group_size`` is named as the grouped kind it builds
+    (``conv: acdc-net`` with ``group_size: 32`` is ``acdc-g-net``).
+
+    Returns:
+        The config, not yet resolved: fields left ``None`` take the protocol default in
+        :func:`resolve`, which also validates every value.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ConfigError: a file that is not valid YAML/TOML or not a mapping, or a setting
+            unknown or given twice, naming the file or ``source``.
+    """
+    values = load_config_file(config_file) if config_file is not None else {}
+    values.update(_settings(overrides or {}, source))
+    return TrainConfig(**values)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a ``.yaml``/``.yml`` or ``.toml`` file (keys as in :class:`TrainConfig`,
-    dashes or underscores)."""
+    dashes or underscores; an unknown one is refused). :func:`build_config` merges them with
+    overrides into a config."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
@@ -91,13 +144,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    settings: dict[str, Any] = {}
-    for key, value in values.items():
-        name = str(key).replace("-", "_")
-        if name in settings:
-            raise ConfigError(f"{path}: setting {name} is given twice")
-        settings[name] = value
-    return settings
+    return _settings(values, str(path))
 
 
 def protocol_meta_updates(shots: int) -> int:
@@ -107,9 +154,9 @@ def protocol_meta_updates(shots: int) -> int:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill protocol defaults and validate every value; returns a new config."""
-    from metaacdc.backbones import list_backbones
+    from metaacdc.backbones import backbone_meta
 
-    check_choice("backbone", config.backbone, list_backbones())
+    backbone = backbone_meta(config.backbone)  # refuses an unknown backbone
     check_choice("dataset", config.dataset, DATASETS)
     check_choice("adapt", config.adapt, ADAPT_SCOPES)
     for name in (
@@ -132,12 +179,15 @@ def resolve(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{name}={value!r} is not valid; expected a positive number")
-    is_conv = config.backbone in CONV_BACKBONES
     resolved = dataclasses.replace(
         config,
+        # an ungrouped ACDC scope given a group size builds its g- variant: name it so
+        conv=grouped_spec(config.conv, config.group_size)
+        if isinstance(config.conv, str)
+        else config.conv,
         image_size=config.image_size
-        or (28 if config.dataset == "omniglot" else 84 if is_conv else 224),
-        first_order=(not is_conv) if config.first_order is None else config.first_order,
+        or (28 if config.dataset == "omniglot" else backbone.image_size),
+        first_order=backbone.first_order if config.first_order is None else config.first_order,
         meta_updates=config.meta_updates or protocol_meta_updates(config.shots),
         test_inner_steps=config.test_inner_steps or config.inner_steps,
     )

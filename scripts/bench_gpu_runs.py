@@ -37,13 +37,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from metaacdc.maml.adaptation import Learner
+from metaacdc.backbones import DEPTH_STUDY
 from metaacdc.cli.options import conv_spec
-from metaacdc.config import TrainConfig, load_config_file
-from metaacdc.data import Episode
+from metaacdc.config import TrainConfig, build_config
+from metaacdc.data import DataFacts, Episode
 from metaacdc.evaluation.evaluator import evaluate
+from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
-from metaacdc.reports.curves import DEPTHS, grid
+from metaacdc.reports.curves import grid
 from metaacdc.reports.estimate import estimate_grid
 from metaacdc.runs.experiment import build_model
 from metaacdc.training import meta_train_step
@@ -60,7 +61,7 @@ def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/closerlook.yaml"))
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--backbones", nargs="+", default=list(DEPTHS))
+    parser.add_argument("--backbones", nargs="+", default=list(DEPTH_STUDY))
     parser.add_argument("--acdc", nargs="+", default=["none", "net"])
     parser.add_argument("--updates", type=int, default=5, help="meta-updates timed per run")
     parser.add_argument("--eval-tasks", type=int, default=20, help="evaluation tasks timed")
@@ -143,8 +144,9 @@ def measure(config: TrainConfig, args: argparse.Namespace, context_bytes: int) -
     # the first two updates warm up (cuDNN's algorithm search, the caching allocator)
     update_seconds = [seconds(update, device) for _ in range(args.updates + 2)][2:]
     peak = torch.cuda.max_memory_allocated(device) + context_bytes if cuda else math.nan
-    facts = {"channels": CHANNELS, "mean": [0.0] * 3, "std": [1.0] * 3, "inverted": False}
-    evaluation = Learner(learner, config, {**facts, "image_size": config.image_size}, device)
+    assert config.image_size is not None
+    facts = DataFacts("random", config.image_size, CHANNELS, (0.0,) * 3, (1.0,) * 3)
+    evaluation = Learner(learner, config, facts, device)
     test_episodes = RandomEpisodes(config, config.test_queries, pin=cuda)
     evaluate(evaluation, test_episodes, 2, progress=False)  # warm-up
     eval_seconds = seconds(
@@ -224,7 +226,7 @@ def compare(table: pd.DataFrame, configs: list[TrainConfig], test_tasks: int) ->
 
 def main() -> int:
     args = options()
-    base = TrainConfig.from_dict(load_config_file(args.config), source=str(args.config))
+    base = build_config(args.config)
     if args.compare:
         if not args.compare.is_file():
             print(f"--compare {args.compare}: no such file", file=sys.stderr)
@@ -245,7 +247,7 @@ def main() -> int:
             )
         ]
     else:
-        convs = [conv_spec(a, None, None) or "plain" for a in args.acdc]
+        convs = [conv_spec(a, None) or "plain" for a in args.acdc]
         configs = grid(base, args.shots, args.backbones, convs)
         measured = measure_grid(args, configs)
         if measured is None:

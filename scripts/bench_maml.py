@@ -6,14 +6,15 @@ the project/reference ratio of each round, since this machine's speed drifts bet
 
 * training: tasks/s of ``metaacdc.training.meta_train_step`` against the loop of
   learn2learn's own MAML example (clone, adapt, query loss backward per task, one Adam
-  step), written here; the row "project, PyTorch BN" is the project's step with
-  ``fused_batch_norm=False`` (PyTorch's batch-norm double backward instead of
-  ``metaacdc.maml.batch_norm``'s), so its gap to "project" is what that formula adds;
+  step), written here; the row "project, fast paths off" is the project's step within
+  ``metaacdc.runtime.fast_paths.cpu_fast_paths(False)`` (PyTorch's batch-norm double
+  backward instead of ``metaacdc.maml.batch_norm``'s, the default layout instead of
+  channels-last), so its gap to "project" is what the CPU fast paths add to training;
 * evaluation: tasks/s of ``metaacdc.evaluation.evaluator.evaluate`` against a sequential learn2learn
   loop (clone, first-order adapt, classify queries), and the time 3,000 tasks would take;
-  the row "project, textbook order" is the project's evaluator with its Conv blocks
-  normalising before pooling in the query pass too (``textbook_order``), so its gap to
-  "project" is what ``metaacdc.backbones.pool_first`` adds;
+  the row "project, fast paths off" is the project's evaluator within
+  ``cpu_fast_paths(False)`` (no channels-last layout, no pool-first batch norm in the query
+  pass, no allocator scope), so its gap to "project" is what the CPU fast paths add;
   the row "project, N processes" is the evaluator's worker pool (``evaluate(...,
   processes=N)``, ``metaacdc evaluate --processes N``; N = ``--eval-processes``, default
   the number of CPUs): its rate once the workers run, and their start-up time, which the
@@ -24,9 +25,9 @@ The project's evaluator runs its task loop inside ``metaacdc.runtime.memory.reus
 (an allocator setting, see there); the evaluation row "reference + allocator" runs the
 reference loop inside the same scope, so the project's gain over that row is what the code
 itself adds: the channels-last layout, and pooling before the batch norm's map in the query
-pass (``metaacdc.backbones.pool_first``), which the reference runs in the textbook order
-(``textbook_order``: a plain Conv4 normalises, then pools). Both sides share the rest of the
-backbone (pooling before an in-place ReLU).
+pass (``metaacdc.backbones.pool_first``). The reference loops run the project's backbone
+within ``cpu_fast_paths(False)``: in the textbook order (a plain Conv4 normalises, then
+pools). Both sides share the rest of the backbone (pooling before an in-place ReLU).
 
 Targets (CPU): training >= 1.2x the reference, evaluation >= 2x, 3,000 Conv4 5W1S tasks at
 84 px <= 15 min, training memory <= 1.2x the reference.
@@ -52,25 +53,25 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from metaacdc.maml.adaptation import Learner
 from metaacdc.backbones import create_backbone
-from metaacdc.backbones.convnet import textbook_order
-from metaacdc.data import EpisodeSampler, synthetic_split
+from metaacdc.data import DataFacts, EpisodeSampler, synthetic_split
+from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.l2l import learn2learn as l2l
+from metaacdc.runtime.fast_paths import cpu_fast_paths
 from metaacdc.runtime.memory import reuse_freed_memory
 
 SIDES = {
-    "train": ("reference", "project, PyTorch BN", "project"),
+    "train": ("reference", "project, fast paths off", "project"),
     "eval": (
         "reference",
         "reference + allocator",
-        "project, textbook order",
+        "project, fast paths off",
         "project",
         "project, N processes",
     ),
 }
 POOL = "project, N processes"
-TEXTBOOK = "project, textbook order"
+PLAIN = "project, fast paths off"
 
 
 def options() -> argparse.Namespace:
@@ -134,13 +135,13 @@ def reference_training(args: argparse.Namespace) -> Callable[[], None]:
     return updates
 
 
-def project_training(args: argparse.Namespace, fused_batch_norm: bool) -> Callable[[], None]:
+def project_training(args: argparse.Namespace) -> Callable[[], None]:
     from metaacdc.maml.learner import MetaLearner
     from metaacdc.training import meta_train_step
 
     model, sampler = setup(args, "train")
     tasks = [sampler.episode(i) for i in range(args.meta_batch)]
-    learner = MetaLearner(model, 0.01, args.first_order, fused_batch_norm=fused_batch_norm)
+    learner = MetaLearner(model, 0.01, args.first_order)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
 
     def updates() -> None:
@@ -152,11 +153,12 @@ def project_training(args: argparse.Namespace, fused_batch_norm: bool) -> Callab
 
 def reference_evaluation(args: argparse.Namespace, scoped: bool) -> Callable[[], None]:
     model, sampler = setup(args, "test")
-    textbook_order(model)  # a plain Conv4 normalises before pooling in the query pass too
     maml = l2l.algorithms.MAML(model, lr=0.01, first_order=True)
 
     def tasks() -> None:
-        with reuse_freed_memory() if scoped else contextlib.nullcontext():
+        # the allocator scope is entered with the fast paths on (it is one of them); the
+        # model then runs without them: a plain Conv4 normalises before pooling
+        with reuse_freed_memory() if scoped else contextlib.nullcontext(), cpu_fast_paths(False):
             sequential_tasks()
 
     def sequential_tasks() -> None:
@@ -186,23 +188,14 @@ def project_learner(args: argparse.Namespace) -> tuple[Learner, EpisodeSampler]:
             test_inner_steps=args.inner_steps,
         )
     )
-    data = {
-        "source": "synthetic",
-        "image_size": args.image_size,
-        "channels": 3,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "inverted": False,
-    }
+    data = DataFacts("synthetic", args.image_size, 3, (0.5,) * 3, (0.25,) * 3)
     return Learner(MetaLearner(model, 0.01, True), config, data, torch.device("cpu")), sampler
 
 
-def project_evaluation(args: argparse.Namespace, pool_first: bool) -> Callable[[], None]:
+def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
     from metaacdc.evaluation.evaluator import evaluate
 
     learner, sampler = project_learner(args)
-    if not pool_first:
-        textbook_order(learner.meta.model)
 
     def tasks() -> None:
         evaluate(learner, sampler, args.eval_tasks, progress=False)
@@ -232,24 +225,25 @@ def pooled_evaluation(args: argparse.Namespace) -> tuple[float, float]:
 
 
 def child(args: argparse.Namespace, side: str, job: str) -> None:
-    """One measurement in this (fresh) process; prints a JSON line."""
+    """One measurement in this (fresh) process; prints a JSON line. The side "project, fast
+    paths off" runs within ``cpu_fast_paths(False)``."""
+    with cpu_fast_paths(side != PLAIN):
+        print(json.dumps(measurement(args, side, job)))
+
+
+def measurement(args: argparse.Namespace, side: str, job: str) -> dict[str, float]:
     if job == "train":
-        work = (
-            reference_training(args)
-            if side == "reference"
-            else project_training(args, fused_batch_norm=side == "project")
-        )
+        work = reference_training(args) if side == "reference" else project_training(args)
         rate = timed_rate(work, args.updates * args.meta_batch)
     elif side == POOL:
         rate, start_up_s = pooled_evaluation(args)
-        print(json.dumps({"rate": rate, "start_up_s": start_up_s}))
-        return
-    elif side in ("project", TEXTBOOK):
-        rate = timed_rate(project_evaluation(args, side == "project"), args.eval_tasks)
+        return {"rate": rate, "start_up_s": start_up_s}
+    elif side in ("project", PLAIN):
+        rate = timed_rate(project_evaluation(args), args.eval_tasks)
     else:
         rate = timed_rate(reference_evaluation(args, side != "reference"), args.eval_tasks)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rate": rate, "peak_mb": peak_mb}))
+    return {"rate": rate, "peak_mb": peak_mb}
 
 
 def measure(side: str, job: str) -> dict[str, float]:

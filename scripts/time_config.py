@@ -24,13 +24,13 @@ from typing import Any
 import torch
 import yaml
 
-from metaacdc.maml.adaptation import Learner
 from metaacdc.cli.options import conv_spec
-from metaacdc.config import TrainConfig, load_config_file, resolve
-from metaacdc.data import EpisodeSampler
+from metaacdc.config import TrainConfig, build_config, resolve
+from metaacdc.data import DataFacts, EpisodeSampler
 from metaacdc.evaluation.evaluator import evaluate
+from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
-from metaacdc.runs.experiment import build_model, data_facts, evaluation_sampler, open_splits
+from metaacdc.runs.experiment import build_model, evaluation_sampler, open_splits
 from metaacdc.training.step import meta_train_step
 
 
@@ -46,14 +46,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = load_config_file(args.config)
+    overrides: dict[str, Any] = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        values[key.replace("-", "_")] = yaml.safe_load(value)
-    conv = conv_spec(args.acdc, None, values.get("group_size"))
+        overrides[key] = yaml.safe_load(value)
+    conv = conv_spec(args.acdc, None)
     if conv is not None:
-        values["conv"] = conv
-    return resolve(TrainConfig.from_dict(values, source=str(args.config)))
+        overrides["conv"] = conv
+    return resolve(build_config(args.config, overrides, source="--set"))
 
 
 def cpu_seconds(action: Any) -> float:
@@ -69,7 +69,7 @@ def main() -> None:
     assert config.meta_updates is not None
     torch.manual_seed(config.seed)
     splits = open_splits(config, ("train", "val"))
-    data = data_facts(splits["train"])
+    data = DataFacts.from_split(splits["train"])
     learner = MetaLearner(
         build_model(config, splits["train"].channels),
         config.inner_lr,

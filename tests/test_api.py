@@ -44,8 +44,8 @@ def task(learner: Learner) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
         shots=2,
         queries=3,
         seed=1,
-        mean=learner.data["mean"],
-        std=learner.data["std"],
+        mean=learner.data.mean,
+        std=learner.data.std,
         transform=evaluation_transform(learner.config),
     )
     return tuple(sampler.episode(0)[:4])  # type: ignore[return-value]
@@ -92,8 +92,26 @@ def test_load_errors(tmp_path: Path, run_dir: Path) -> None:
         (lambda p: p["config"].update(ways=7), "weights do not fit"),
         (lambda p: p["data"].pop("mean"), "data facts lack mean"),
         (lambda p: p["data"].update(image_size=40), "image_size"),
+        (lambda p: p["data"].update(channels=2), "channels=2; expected 1 or 3"),
+        (lambda p: p["data"].update(std=[1.0, 0.0, 1.0]), "std=.*expected positive"),
+        (lambda p: p["data"].update(mean=[0.5]), r"mean=\[0.5\]; expected 3 numbers"),
+        (lambda p: p["data"].update(colour="blue"), r"unknown key\(s\) colour"),
+        (lambda p: p.update(data=[0.5, 0.5]), "data facts are not a mapping"),
+        (lambda p: p.update(config="conv4"), "config is not a mapping"),
     ],
-    ids=["unknown-key", "unknown-backbone", "other-head", "no-mean", "size-mismatch"],
+    ids=[
+        "unknown-key",
+        "unknown-backbone",
+        "other-head",
+        "no-mean",
+        "size-mismatch",
+        "two-channels",
+        "zero-std",
+        "short-mean",
+        "unknown-fact",
+        "facts-not-a-mapping",
+        "config-not-a-mapping",
+    ],
 )
 def test_load_refuses_incompatible_checkpoints(
     tmp_path: Path, run_dir: Path, edit, message: str
@@ -102,8 +120,11 @@ def test_load_refuses_incompatible_checkpoints(
     payload.pop("format")
     edit(payload)
     save_checkpoint(tmp_path / "edited.pt", payload)
-    with pytest.raises(ConfigError, match=f"incompatible checkpoint.*{message}"):
+    with pytest.raises(ConfigError, match=f"incompatible checkpoint.*{message}") as error:
         load(tmp_path / "edited.pt")
+    # one line naming the file
+    assert str(error.value).startswith(f"{tmp_path / 'edited.pt'}: ")
+    assert "\n" not in str(error.value)
 
 
 def test_resolve_device() -> None:
@@ -182,7 +203,7 @@ def test_preprocess_inverts_and_resizes_like_the_omniglot_cache(tmp_path: Path) 
     split = open_split(tmp_path / "cache" / "test")
     config = tiny_config(dataset="omniglot", image_size=28, data=str(tmp_path / "cache"))
     learner = load(make_run(tmp_path / "run", config, split).root, device="cpu")
-    assert learner.data["inverted"] and learner.channels == 1
+    assert learner.data.inverted and learner.channels == 1
     assert evaluation_transform(config) is None
     sampler = EpisodeSampler(split, ways=2, shots=1, queries=3, seed=0)
     _, items = sampler.indices(0)

@@ -122,12 +122,35 @@ def _script_constant(script: str, name: str) -> object:
     return getattr(module, name)
 
 
+#: runs of scripts/bench_maml.py (and timed `metaacdc evaluate` runs): one row per
+#: (run, job, side) of its printout; `ratio` as printed (this/reference for the project's
+#: own rows, project/this for the others), `minutes_3000` its 3,000-task projection
+BENCH_MAML_HISTORY = (
+    "run",
+    "code",
+    "command",
+    "job",
+    "side",
+    "tasks_per_s",
+    "ratio",
+    "round_ratios",
+    "minutes_3000",
+    "peak_mb",
+    "note",
+)
+#: runs of scripts/bench_acdc.py: median ms per batch of each side and their ratio
+BENCH_ACDC_HISTORY = ("run", "command", "plain_ms", "acdc_net_ms", "ratio", "note")
+
 #: which command writes each kind of committed table, by file stem
 TABLE_KINDS = {
     "curve": COLUMNS,
     "model_table": TABLE_COLUMNS,
     "metrics": METRICS,
     "gpu_runs": _script_constant("bench_gpu_runs.py", "COLUMNS"),
+    # benchmark histories (docs/speed/): one row per run of a script that prints its results
+    # instead of writing a table, so their columns are defined here, not in the script
+    "bench_maml_history": BENCH_MAML_HISTORY,
+    "bench_acdc_history": BENCH_ACDC_HISTORY,
 }
 TABLES = sorted(
     p for p in (REPO / "docs").glob("**/*") if p.suffix in (".csv", ".md") and p.stem in TABLE_KINDS

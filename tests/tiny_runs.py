@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from metaacdc.config import TrainConfig, resolve
-from metaacdc.data import CachedSplit, EpisodeSampler, synthetic_split
+from metaacdc.data import CachedSplit, DataFacts, EpisodeSampler, synthetic_split
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
-from metaacdc.runs.experiment import build_model, data_facts, evaluation_transform
+from metaacdc.runs.experiment import build_model, evaluation_transform
 from metaacdc.runs.folder import RunFolder, save_learner
 
 IMAGE_SIZE = 32
@@ -58,7 +58,9 @@ def make_run(
     learner = MetaLearner(model, config.inner_lr, config.first_order, config.adapt, config.meta_sgd)
     folder = RunFolder(root)
     folder.write_config(config)
-    save_learner(folder.best, config=config, data=data_facts(split), step=0, learner=learner)
+    save_learner(
+        folder.best, config=config, data=DataFacts.from_split(split), step=0, learner=learner
+    )
     return folder
 
 
@@ -72,6 +74,6 @@ def evaluation_episodes(learner: Learner, seed: int = 0) -> EpisodeSampler:
         queries=TEST_QUERIES,
         seed=seed,
         transform=evaluation_transform(learner.config),
-        mean=learner.data["mean"],
-        std=learner.data["std"],
+        mean=learner.data.mean,
+        std=learner.data.std,
     )

@@ -8,8 +8,14 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from metaacdc.acdc.layer import ACDCConv2d, Path
-from metaacdc.acdc.tying import SHARES, layer_group_size, split_share, tie_coefficients
-from metaacdc.convs.base import ConvKind
+from metaacdc.acdc.tying import (
+    SHARES,
+    grouped_spec,
+    layer_group_size,
+    split_share,
+    tie_coefficients,
+)
+from metaacdc.convs.base import ConvKind, ConvSpec
 from metaacdc.convs.plain import kaiming_conv
 from metaacdc.convs.registry import register_conv_kind
 from metaacdc.errors import check_positive_int, check_probability
@@ -35,35 +41,25 @@ class ACDC(ConvKind):
         self.atom_drop = atom_drop
         self.include_1x1 = include_1x1
         self.path: Path = path
-        self.label = f"acdc-{'g-' if self.group_size else ''}{self.scope}"
+        self.label = grouped_spec(f"acdc-{self.scope}", self.group_size)
 
     def decomposes(self, kernel_size: tuple[int, int]) -> bool:
         """Whether a conv of this kernel size becomes an ACDC layer."""
         return self.include_1x1 or kernel_size[0] * kernel_size[1] > 1
 
-    def make(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
-        bias: bool = False,
-    ) -> nn.Module:
-        if not self.decomposes(_pair(kernel_size)):
-            return kaiming_conv(
-                nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-            )
+    def build(self, spec: ConvSpec) -> nn.Module:
+        if not self.decomposes(_pair(spec.kernel_size)):
+            return kaiming_conv(spec.dense())
         return ACDCConv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            bias=bias,
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel_size,
+            spec.stride,
+            spec.padding,
+            bias=spec.bias,
             atoms=self.atoms,
             atom_drop=self.atom_drop,
-            group_size=layer_group_size(in_channels, self.group_size),
+            group_size=layer_group_size(spec.in_channels, self.group_size),
             path=self.path,
         )
 

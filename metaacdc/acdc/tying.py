@@ -24,6 +24,16 @@ def split_share(share: str, group_size: int | None) -> tuple[str, int | None]:
     return share, group_size
 
 
+def grouped_spec(conv: str, group_size: int | None) -> str:
+    """The name of the conv kind that spec ``conv`` builds with ``group_size``: an ungrouped
+    ACDC scope given a group size builds its grouped variant (see :func:`split_share`), so
+    ``("acdc-net", 32)`` -> ``"acdc-g-net"``; any other spec is returned unchanged."""
+    scope = conv.removeprefix("acdc-")
+    if group_size is None or scope == conv or scope not in SCOPES:
+        return conv
+    return f"acdc-g-{scope}"
+
+
 def layer_group_size(in_channels: int, group_size: int | None) -> int | None:
     """The group size a layer uses: none for layers narrower than one group.
 

@@ -4,12 +4,11 @@ Where a block pools, it pools before the ReLU: max-pooling and ReLU commute exac
 monotone; ties resolve to the same element, whose gradient is the same), and the ReLU then
 runs on a quarter of the activations. The ReLU works in place (nothing reads its input).
 Where nothing is differentiated, a pooled block also pools before applying the batch norm's
-per-channel map (:mod:`metaacdc.backbones.pool_first`).
+per-channel map (:mod:`metaacdc.backbones.pool_first`, one of the CPU fast paths of
+:mod:`metaacdc.runtime.fast_paths`).
 """
 
 from __future__ import annotations
-
-from typing import TypeVar
 
 from torch import Tensor, nn
 
@@ -23,25 +22,19 @@ from metaacdc.errors import ConfigError
 WIDTH = 64
 POOLED_BLOCKS = 4
 
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
-
 
 class ConvBlock(nn.Sequential):
     """conv -> BN [-> max-pool] -> ReLU -> block output, an ``nn.Sequential`` (parameter
     names ``0.weight``, ``1.weight``, ...) that pools before the batch norm's map where
-    :func:`~metaacdc.backbones.pool_first.pool_first_applies`, unless ``pool_first`` is
-    False (:func:`textbook_order`)."""
-
-    def __init__(self, *modules: nn.Module) -> None:
-        super().__init__(*modules)
-        self.pool_first = True
+    :func:`~metaacdc.backbones.pool_first.pool_first_applies` (with the CPU fast paths off,
+    :func:`~metaacdc.runtime.fast_paths.cpu_fast_paths`, it never does: the textbook
+    order)."""
 
     def forward(self, x: Tensor) -> Tensor:
         conv, norm, after_norm, *rest = self
         x = conv(x)
         if (
-            self.pool_first
-            and isinstance(norm, nn.BatchNorm2d)
+            isinstance(norm, nn.BatchNorm2d)
             and isinstance(after_norm, nn.MaxPool2d)
             and pool_first_applies(norm, x)
         ):
@@ -51,15 +44,6 @@ class ConvBlock(nn.Sequential):
         for module in rest:
             x = module(x)
         return x
-
-
-def textbook_order(model: ModuleT) -> ModuleT:
-    """Make every :class:`ConvBlock` of ``model`` normalise before pooling in every pass
-    (what a GPU runs, and what a plain loop over a textbook Conv4 runs); returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, ConvBlock):
-            module.pool_first = False
-    return model
 
 
 def _convnet(
@@ -83,13 +67,13 @@ def _convnet(
     return Backbone(nn.Sequential(*layers), WIDTH * size * size, num_classes)
 
 
-@register_backbone("conv4")
+@register_backbone("conv4", depth=4, image_size=84, first_order=False)
 def conv4(conv: ConvKind, num_classes: int, image_size: int, in_channels: int) -> Backbone:
     """Four conv blocks, all pooled; 84 px -> 64 x 5 x 5 = 1600-d features."""
     return _convnet(4, conv, num_classes, image_size, in_channels)
 
 
-@register_backbone("conv6")
+@register_backbone("conv6", depth=6, image_size=84, first_order=False)
 def conv6(conv: ConvKind, num_classes: int, image_size: int, in_channels: int) -> Backbone:
     """Six conv blocks, the first four pooled; 84 px -> 1600-d features."""
     return _convnet(6, conv, num_classes, image_size, in_channels)

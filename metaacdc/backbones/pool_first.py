@@ -11,16 +11,19 @@ images at 84 px) the first Conv block's output is the largest tensor of a task. 
 gains is measured by ``scripts/bench_maml.py`` (its evaluation rows; the reference loop runs
 the textbook order).
 
-It applies only where no gradient is recorded (the query pass of the evaluator and of the
-adaptation API), on the CPU (where it was timed), to batch norm without running statistics
-(every backbone here) and with a weight ``>= 0`` everywhere: a negative weight makes the map
-decreasing, and the textbook order runs then.
+It is one of the CPU fast paths of :mod:`metaacdc.runtime.fast_paths` (off within
+``cpu_fast_paths(False)``), and applies only where no gradient is recorded (the query pass
+of the evaluator and of the adaptation API), on the CPU (where it was timed), to batch norm
+without running statistics (every backbone here) and with a weight ``>= 0`` everywhere: a
+negative weight makes the map decreasing, and the textbook order runs then.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from metaacdc.runtime.fast_paths import cpu_fast_paths_enabled
 
 
 def pool_first_applies(norm: nn.BatchNorm2d, x: Tensor) -> bool:
@@ -29,6 +32,7 @@ def pool_first_applies(norm: nn.BatchNorm2d, x: Tensor) -> bool:
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
+        and cpu_fast_paths_enabled()
         and norm.running_mean is None
         and weight is not None
         and bias is not None

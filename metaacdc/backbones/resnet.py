@@ -64,19 +64,19 @@ def _resnet(
     return Backbone(nn.Sequential(*layers), WIDTHS[-1], num_classes)
 
 
-@register_backbone("resnet10")
+@register_backbone("resnet10", depth=10, image_size=224, first_order=True)
 def resnet10(conv: ConvKind, num_classes: int, image_size: int, in_channels: int) -> Backbone:
     """ResNet10: one basic block per stage."""
     return _resnet((1, 1, 1, 1), conv, num_classes, image_size, in_channels)
 
 
-@register_backbone("resnet18")
+@register_backbone("resnet18", depth=18, image_size=224, first_order=True)
 def resnet18(conv: ConvKind, num_classes: int, image_size: int, in_channels: int) -> Backbone:
     """ResNet18: two basic blocks per stage."""
     return _resnet((2, 2, 2, 2), conv, num_classes, image_size, in_channels)
 
 
-@register_backbone("resnet34")
+@register_backbone("resnet34", depth=34, image_size=224, first_order=True)
 def resnet34(conv: ConvKind, num_classes: int, image_size: int, in_channels: int) -> Backbone:
     """ResNet34: 3, 4, 6, 3 basic blocks per stage."""
     return _resnet((3, 4, 6, 3), conv, num_classes, image_size, in_channels)

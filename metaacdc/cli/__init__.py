@@ -6,6 +6,7 @@ User mistakes (``ConfigError`` and missing files) are reported in one line, exit
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,8 +37,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the entry-point group whose modules register a user's backbones and conv kinds
+PLUGIN_GROUP = "metaacdc.plugins"
+
+
+def load_plugins() -> None:
+    """Import the modules that installed packages name in the ``metaacdc.plugins``
+    entry-point group, so the backbones and conv kinds they register work from the command
+    line (``[project.entry-points."metaacdc.plugins"] mine = "my_package.metaacdc_kinds"``).
+
+    Raises:
+        ConfigError: a plugin that cannot be imported, naming it.
+    """
+    for plugin in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            plugin.load()
+        except Exception as error:  # whatever the plugin raises, name the plugin
+            raise ConfigError(
+                f"plugin {plugin.name!r} ({plugin.value}) failed to load: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    try:
+        load_plugins()
+    except ConfigError as error:
+        print(f"metaacdc: error: {error}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     # a polite kill (SIGTERM, e.g. a session ending) is handled like Ctrl-C: training saves a

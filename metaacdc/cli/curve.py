@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metaacdc.cli.options import ACDC_SHARES, conv_spec
-from metaacdc.config import TrainConfig, load_config_file
+from metaacdc.cli.options import ACDC_SHARES, conv_spec, given
+from metaacdc.config import TrainConfig, build_config
 from metaacdc.errors import check_positive_int
 
 if TYPE_CHECKING:
@@ -31,9 +31,9 @@ OVERRIDES: tuple[tuple[str, str, Any], ...] = (
 def add_parser(sub: Any) -> None:
     curve = sub.add_parser("curve", help="run or resume the depth-curve grid, then report it")
     curve.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    curve.add_argument(
-        "--backbones", nargs="+", default=["conv4", "conv6", "resnet10", "resnet18", "resnet34"]
-    )
+    from metaacdc.backbones import DEPTH_STUDY
+
+    curve.add_argument("--backbones", nargs="+", default=list(DEPTH_STUDY))
     curve.add_argument(
         "--acdc",
         nargs="+",
@@ -109,17 +109,14 @@ def _references(choice: str, table: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def _base_config(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for _, dest, _ in OVERRIDES:
-        if getattr(args, dest) is not None:
-            values[dest] = getattr(args, dest)
-    return TrainConfig.from_dict(values, source=str(args.config or "command line"))
+    overrides = given(args, [dest for _, dest, _ in OVERRIDES])
+    return build_config(args.config, overrides, source="command line")
 
 
 def _grid(args: argparse.Namespace) -> list[TrainConfig]:
     from metaacdc.reports.grid import grid_configs
 
-    convs = [conv_spec(acdc, None, None) or "plain" for acdc in args.acdc]
+    convs = [conv_spec(acdc, None) or "plain" for acdc in args.acdc]
     return grid_configs(_base_config(args), args.shots, args.backbones, convs, args.data or [])
 
 

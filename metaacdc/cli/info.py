@@ -93,14 +93,13 @@ class _TableRequest:
 
 
 def run_table(args: argparse.Namespace) -> int:
-    from metaacdc.backbones import list_backbones
+    from metaacdc.backbones import DEPTH_STUDY, list_backbones
     from metaacdc.errors import check_choice
-    from metaacdc.reports.curves import DEPTHS
     from metaacdc.reports.model_table import model_table, write_model_table
 
     if args.acdc != "none" or args.kernel_sharing != "none":
         raise ConfigError("--table covers every conv kind; drop --acdc/--kernel-sharing")
-    backbones = args.backbones or list(DEPTHS)
+    backbones = args.backbones or list(DEPTH_STUDY)
     for backbone in backbones:
         check_choice("--backbones", backbone, list_backbones())
     for m in args.atoms:

@@ -1,8 +1,11 @@
-"""Command-line options shared by several subcommands (backbone and conv kind)."""
+"""Command-line options shared by several subcommands (backbone and conv kind), and their
+translation into settings for :func:`metaacdc.config.build_config`."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from typing import Any
 
 from metaacdc.acdc import SHARES as ACDC_SHARES
 from metaacdc.convs import ConvKind, conv_kind
@@ -56,18 +59,20 @@ def add_conv_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def conv_spec(
-    acdc: str | None,
-    kernel_sharing: str | None,
-    group_size: int | None,
-    conv: str | None = None,
-) -> str | None:
+def given(args: argparse.Namespace, dests: Iterable[str]) -> dict[str, Any]:
+    """The settings among ``dests`` given on the command line (options left unset are
+    ``None`` in the namespace and override nothing)."""
+    return {dest: getattr(args, dest) for dest in dests if getattr(args, dest, None) is not None}
+
+
+def conv_spec(acdc: str | None, kernel_sharing: str | None, conv: str | None = None) -> str | None:
     """The conv-kind spec (``plain``, ``acdc-<share>``, ``ks-<scope>``, or ``--conv``'s
     registered name) that ``--acdc`` / ``--kernel-sharing`` / ``--conv`` describe, or
-    ``None`` when none is given. They are exclusive; a ``--group-size`` turns an ACDC scope
-    into its grouped ``g-`` variant."""
+    ``None`` when none is given. They are exclusive. A ``--group-size`` is a setting of its
+    own: the kind it makes of an ACDC scope is named by :func:`metaacdc.config.build_config`
+    (and built by :class:`~metaacdc.acdc.ACDC`)."""
     if conv is not None:
-        if acdc is not None or kernel_sharing is not None:
+        if acdc not in (None, "none") or kernel_sharing not in (None, "none"):
             raise ConfigError("--conv cannot be combined with --acdc or --kernel-sharing")
         return conv
     if acdc is not None:
@@ -82,14 +87,13 @@ def conv_spec(
         return None
     if acdc in (None, "none"):
         return "plain"
-    grouped = group_size is not None and not acdc.startswith("g-")
-    return f"acdc-{'g-' if grouped else ''}{acdc}"
+    return f"acdc-{acdc}"
 
 
 def conv_kind_from_args(args: argparse.Namespace) -> ConvKind:
     """The conv kind the options of :func:`add_model_options` describe."""
     return conv_kind(
-        conv_spec(args.acdc, args.kernel_sharing, args.group_size, args.conv) or "plain",
+        conv_spec(args.acdc, args.kernel_sharing, args.conv) or "plain",
         atoms=args.atoms,
         atom_drop=args.atom_drop,
         group_size=args.group_size,

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from metaacdc.cli.options import ACDC_SHARES, KERNEL_SHARES, add_conv_option, conv_spec
-from metaacdc.config import DATASETS, TrainConfig, load_config_file
+from metaacdc.cli.options import ACDC_SHARES, KERNEL_SHARES, add_conv_option, conv_spec, given
+from metaacdc.config import DATASETS, TrainConfig, build_config
 from metaacdc.errors import ConfigError
 
 #: (flag, config field, type, help); flags left unset do not override the config file.
@@ -88,15 +88,13 @@ def add_parser(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Protocol defaults < ``--config`` file < command line."""
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for dest in [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"]:
-        if getattr(args, dest, None) is not None:
-            values[dest] = getattr(args, dest)
-    conv = conv_spec(args.acdc, args.kernel_sharing, values.get("group_size"), args.conv)
+    """Protocol defaults < ``--config`` file < command line, by
+    :func:`~metaacdc.config.build_config`: the flags given are its overrides."""
+    overrides = given(args, [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"])
+    conv = conv_spec(args.acdc, args.kernel_sharing, args.conv)
     if conv is not None:
-        values["conv"] = conv
-    return TrainConfig.from_dict(values, source=str(args.config or "command line"))
+        overrides["conv"] = conv
+    return build_config(args.config, overrides, source="command line")
 
 
 def run(args: argparse.Namespace) -> int:

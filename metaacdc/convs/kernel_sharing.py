@@ -15,9 +15,8 @@ import functools
 
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.modules.utils import _pair
 
-from metaacdc.convs.base import ConvKind
+from metaacdc.convs.base import ConvKind, ConvSpec
 from metaacdc.convs.norm import batch_norm
 from metaacdc.convs.plain import PlainConv, kaiming_conv
 from metaacdc.convs.registry import register_conv_kind
@@ -34,23 +33,11 @@ class SharedKernelConv2d(nn.Module):
 
     weight: nn.Parameter
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
-        bias: bool = False,
-    ) -> None:
+    def __init__(self, spec: ConvSpec) -> None:
         super().__init__()
-        dense = kaiming_conv(nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias))
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (
-            _pair(kernel_size),
-            _pair(stride),
-            _pair(padding),
-        )
+        dense = kaiming_conv(spec.dense())
+        self.in_channels, self.out_channels = spec.in_channels, spec.out_channels
+        self.kernel_size, self.stride, self.padding = dense.kernel_size, dense.stride, dense.padding
         self.weight = nn.Parameter(dense.weight.detach())
         self.bias = None if dense.bias is None else nn.Parameter(dense.bias.detach())
 
@@ -88,18 +75,10 @@ class KernelSharing(ConvKind):
         self.regulators = regulators
         self.label = f"ks-{scope}" + ("+reg" if regulators else "")
 
-    def make(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
-        bias: bool = False,
-    ) -> nn.Module:
-        if kernel_size == 1:
-            return PlainConv().make(in_channels, out_channels, 1, stride, padding, bias)
-        return SharedKernelConv2d(in_channels, out_channels, kernel_size, stride, padding, bias)
+    def build(self, spec: ConvSpec) -> nn.Module:
+        if spec.kernel_size == 1:
+            return PlainConv().build(spec)
+        return SharedKernelConv2d(spec)
 
     def block_output(self, channels: int) -> nn.Module:
         return Regulator(channels) if self.regulators else nn.Identity()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from metaacdc.convs.base import ConvKind
+from metaacdc.convs.base import ConvKind, ConvSpec
 from metaacdc.convs.registry import register_conv_kind
 
 
@@ -23,15 +22,5 @@ class PlainConv(ConvKind):
 
     label = "plain"
 
-    def make(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        padding: int = 0,
-        bias: bool = False,
-    ) -> nn.Module:
-        return kaiming_conv(
-            nn.Conv2d(in_channels, out_channels, _pair(kernel_size), stride, padding, bias=bias)
-        )
+    def build(self, spec: ConvSpec) -> nn.Module:
+        return kaiming_conv(spec.dense())

@@ -17,6 +17,7 @@ from metaacdc.data.cache import (
     open_split,
     split_dir,
 )
+from metaacdc.data.facts import DataFacts
 from metaacdc.data.loader import EpisodeDataset, episode_loader
 from metaacdc.data.manifest import (
     Manifest,
@@ -37,6 +38,7 @@ __all__ = [
     "SOURCES",
     "CacheMeta",
     "CachedSplit",
+    "DataFacts",
     "Episode",
     "EpisodeDataset",
     "EpisodeSampler",

@@ -128,7 +128,8 @@ def evaluate(
             :mod:`metaacdc.evaluation.pool`): each draws its own episodes and runs
             ``torch.get_num_threads() // processes`` threads (at least one). 1 evaluates
             in this process. A script using it needs the ``if __name__ == "__main__":``
-            guard (workers are spawned and import the main module).
+            guard (workers are spawned and import the main module). Not one of the CPU fast
+            paths (:mod:`metaacdc.runtime.fast_paths`), whose switch the workers follow.
 
     Returns:
         The per-task accuracies and their mean ± 95% CI (fractions).

@@ -5,7 +5,7 @@ using every core: a task's inner loop is a chain of small operations on a handfu
 support images, which threads share poorly, and in one process the dispatch of every
 operation waits for Python's global lock. On the 2-core development machine, two
 processes of one thread evaluated Conv4 84 px 5-way 1-shot tasks 1.27x as fast as one
-process of two threads (median of five rounds of ``scripts/bench_maml.py``; README, Speed).
+process of two threads (median of five rounds of ``scripts/bench_maml.py``; docs/speed.md).
 
 Workers are started with ``spawn`` (a fresh interpreter: forking a process whose OpenMP
 threads have run can hang the child), receive a pickled copy of the work and the sampler
@@ -14,6 +14,12 @@ take task numbers from a shared queue, so a slow task never holds up the others.
 is a pure function of its number: which worker evaluates it changes nothing but float
 rounding from the number of threads. As with any ``spawn`` pool, a script that starts one
 needs the ``if __name__ == "__main__":`` guard (workers import the main module).
+
+The pool is not one of the CPU fast paths of :mod:`metaacdc.runtime.fast_paths`: the number
+of processes is the caller's explicit choice, and it changes no number beyond the rounding
+of each worker's thread count. The workers do follow the switch: a fresh interpreter would
+start with the fast paths on, so each worker is handed the setting in force where the pool
+is built, and evaluates its tasks under it (the plain path within ``cpu_fast_paths(False)``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 from metaacdc.data.loader import IndexedSampler
 from metaacdc.data.sampler import Episode
 from metaacdc.errors import check_positive_int
+from metaacdc.runtime.fast_paths import cpu_fast_paths, cpu_fast_paths_enabled
 from metaacdc.runtime.memory import reuse_freed_memory
 
 #: seconds between checks that the workers are still alive while waiting for a result
@@ -56,6 +63,9 @@ class EvaluationPool:
         sampler: anything with ``episode(i)``, picklable.
         processes: number of worker processes (>= 1).
         threads: intra-op threads per worker (default :func:`default_threads`).
+
+    The workers run with the CPU fast paths as they are here, when the pool is built
+    (:func:`~metaacdc.runtime.fast_paths.cpu_fast_paths_enabled`).
     """
 
     def __init__(
@@ -71,10 +81,11 @@ class EvaluationPool:
         context = multiprocessing.get_context("spawn")
         self._inbox: Any = context.Queue()
         self._outbox: Any = context.Queue()
+        fast = cpu_fast_paths_enabled()
         self._workers = [
             context.Process(
                 target=_serve,
-                args=(work, sampler, threads, os.getpid(), self._inbox, self._outbox),
+                args=(work, sampler, threads, fast, os.getpid(), self._inbox, self._outbox),
                 daemon=True,
                 name=f"metaacdc-evaluation-{index}",
             )
@@ -153,13 +164,15 @@ def _serve(
     work: Callable[[Episode], float],
     sampler: IndexedSampler,
     threads: int,
+    fast: bool,
     parent: int,
     inbox: Any,
     outbox: Any,
 ) -> None:
-    """A worker's loop: take ``(k, number)`` until a stop sign, send back results."""
+    """A worker's loop: take ``(k, number)`` until a stop sign, send back results; the CPU
+    fast paths on or off as ``fast`` says (the parent's setting)."""
     torch.set_num_threads(threads)
-    with reuse_freed_memory():
+    with cpu_fast_paths(fast), reuse_freed_memory():
         while (item := inbox.get()) is not None:
             if os.getppid() != parent:  # the parent is gone: nobody reads the results
                 return

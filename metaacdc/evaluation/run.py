@@ -66,7 +66,7 @@ def evaluate_run(
     with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
         cached = _open_split(learner, data, split, quiet=not world.is_main)
     transform = evaluation_transform(config)
-    mean, std = learner.data["mean"], learner.data["std"]  # the run's, as the API uses
+    mean, std = learner.data.mean, learner.data.std  # the run's, as the API uses
     sampler: EpisodeSampler | ManifestSampler
     if episodes is not None:
         manifest = load_manifest(episodes)
@@ -136,10 +136,9 @@ def _open_split(learner: Learner, data: str | None, name: str, quiet: bool) -> C
             f"{split.meta.image_size}px images but the run takes {learner.channels}-channel "
             f"{learner.image_size}px images; give --data of the run's kind and size"
         )
-    if split.meta.source != learner.data["source"] and not quiet:
+    if split.meta.source != learner.data.source and not quiet:
         print(
-            f"note: evaluating a run trained on {learner.data['source']} data on "
-            f"{split.describe()}",
+            f"note: evaluating a run trained on {learner.data.source} data on {split.describe()}",
             file=sys.stderr,
         )
     return split

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from metaacdc.config import TrainConfig
+from metaacdc.data.facts import DataFacts
 from metaacdc.data.images import ImageLike, ImagePreprocessor
 from metaacdc.data.normalise import Normalise
 from metaacdc.data.transforms import eval_transform, uses_image_transforms
@@ -71,8 +71,8 @@ class Learner:
     Args:
         meta: the meta-learner, with its trained weights.
         config: the run's resolved configuration.
-        data: the preprocessing facts recorded with the run (``channels``, ``image_size``,
-            ``mean``, ``std``, ``inverted``; see :func:`metaacdc.runs.experiment.data_facts`).
+        data: the preprocessing facts recorded with the run (its
+            :class:`~metaacdc.data.facts.DataFacts`).
         device: where adaptation runs.
 
     Attributes:
@@ -80,12 +80,13 @@ class Learner:
             current mode: :func:`metaacdc.load` gives it in eval mode (atom-drop off), and
             :func:`metaacdc.evaluation.evaluate` holds it there for its tasks.
         config: the resolved :class:`~metaacdc.config.TrainConfig`.
-        data: the recorded data facts.
+        data: the recorded :class:`~metaacdc.data.facts.DataFacts` (``data.mean``,
+            ``data.std``, ``data.source``, ...).
         device: the device of the model; inputs are moved to it.
     """
 
     def __init__(
-        self, meta: MetaLearner, config: TrainConfig, data: dict[str, Any], device: torch.device
+        self, meta: MetaLearner, config: TrainConfig, data: DataFacts, device: torch.device
     ) -> None:
         self.meta = meta.to(device)
         self.config = config
@@ -94,10 +95,10 @@ class Learner:
         zoom = uses_image_transforms(config.dataset, config.augment)
         transform = eval_transform() if zoom else None
         self._preprocess = ImagePreprocessor(
-            int(data["channels"]),
-            int(data["image_size"]),
-            bool(data["inverted"]),
-            Normalise(int(data["channels"]), data["mean"], data["std"], transform),
+            data.channels,
+            data.image_size,
+            data.inverted,
+            Normalise(data.channels, data.mean, data.std, transform),
         )
 
     @property
@@ -108,12 +109,12 @@ class Learner:
     @property
     def channels(self) -> int:
         """Input channels (3 for RGB, 1 for grayscale)."""
-        return int(self.data["channels"])
+        return self.data.channels
 
     @property
     def image_size(self) -> int:
         """Input side ``H == W`` in pixels."""
-        return int(self.data["image_size"])
+        return self.data.image_size
 
     def __repr__(self) -> str:
         return (

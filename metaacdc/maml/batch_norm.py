@@ -15,7 +15,10 @@ in rounding. :func:`fused_double_backward` applies it to the calls of
 ``torch.nn.functional.batch_norm`` within its block that normalise with batch statistics,
 have a weight and a bias of the input's dtype, keep no running statistics (as every backbone
 here does, outside autocast) and run on the CPU; any other call runs unchanged. (On a GPU,
-PyTorch's cuDNN batch norm is kept: the formula was timed on the CPU only.)
+PyTorch's cuDNN batch norm is kept: the formula was timed on the CPU only.) It is one of the
+CPU fast paths of :mod:`metaacdc.runtime.fast_paths`: within ``cpu_fast_paths(False)``
+every call runs unchanged, and a task learner does not even enter the block
+(:meth:`metaacdc.maml.learner.TaskLearner.support_logits`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 from torch.overrides import TorchFunctionMode
+
+from metaacdc.runtime.fast_paths import cpu_fast_paths_enabled
 
 
 def _per_channel(values: Tensor) -> Tensor:
@@ -161,6 +166,7 @@ class _FusedDoubleBackwardMode(TorchFunctionMode):
                 and bias is not None
                 and x.dtype == weight.dtype == bias.dtype  # not under autocast
                 and x.device.type == "cpu"
+                and cpu_fast_paths_enabled()
             ):
                 return _BatchNorm.apply(x, weight, bias, eps)
         return func(*args, **kwargs)

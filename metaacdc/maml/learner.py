@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from metaacdc.backbones import Backbone
 from metaacdc.maml.batch_norm import fused_double_backward
 from metaacdc.maml.l2l import learn2learn as l2l
+from metaacdc.runtime.fast_paths import cpu_fast_paths_enabled
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class TaskLayouts:
 
 
 def task_layouts(first_order: bool) -> TaskLayouts:
-    """The fastest layouts for a task's passes (CPU timings, Conv4 at 84 px, 5W1S).
+    """The fastest layouts for a task's passes (CPU timings, Conv4 at 84 px, 5W1S), or the
+    default layout for every pass where the CPU fast paths are off
+    (:mod:`metaacdc.runtime.fast_paths`; on every device: this fast path is the one that
+    also acts on a GPU).
 
     Channels-last lets oneDNN (CPU) and cuDNN run convolutions, batch norm and pooling
     without layout conversions: first-order adaptation is 1.6x faster in it. A second-order
@@ -35,6 +39,8 @@ def task_layouts(first_order: bool) -> TaskLayouts:
     first-order pass over the largest batch, still runs channels-last (about 2x faster
     forward). Results are the same up to float rounding either way.
     """
+    if not cpu_fast_paths_enabled():
+        return TaskLayouts(torch.contiguous_format, torch.contiguous_format)
     if first_order:
         return TaskLayouts(torch.channels_last, torch.channels_last)
     return TaskLayouts(torch.contiguous_format, torch.channels_last)
@@ -51,23 +57,17 @@ class TaskLearner:
 
     Images are given to the model in the layouts of ``layouts`` (see :func:`task_layouts`).
     A second-order inner loop differentiates its batch norms twice through
-    :func:`~metaacdc.maml.batch_norm.fused_double_backward` (on the CPU) unless
-    ``fused_batch_norm`` is False.
+    :func:`~metaacdc.maml.batch_norm.fused_double_backward` (on the CPU) where the CPU fast
+    paths are on when :meth:`support_logits` runs (:mod:`metaacdc.runtime.fast_paths`).
     """
 
     def __init__(
-        self,
-        features: nn.Module | None,
-        head: nn.Module,
-        first_order: bool,
-        layouts: TaskLayouts,
-        fused_batch_norm: bool = True,
+        self, features: nn.Module | None, head: nn.Module, first_order: bool, layouts: TaskLayouts
     ) -> None:
         self.features = features
         self.head = head
         self.first_order = first_order
         self.layouts = layouts
-        self.fused_batch_norm = fused_batch_norm and not first_order
         self._hand_back_pending = False
 
     def logits_in(self, x: Tensor, memory_format: torch.memory_format) -> Tensor:
@@ -77,7 +77,7 @@ class TaskLearner:
 
     def support_logits(self, x: Tensor) -> Tensor:
         """Logits for an inner-loop loss (support layout)."""
-        if not self.fused_batch_norm:
+        if self.first_order or not cpu_fast_paths_enabled():
             return self.logits_in(x, self.layouts.support)
         with fused_double_backward():
             return self.logits_in(x, self.layouts.support)
@@ -138,9 +138,10 @@ class MetaLearner(nn.Module):
         adapt: ``"all"`` adapts every parameter; ``"head"`` only the linear head, the
             features being meta-learned but frozen within a task (ANIL).
         meta_sgd: learn one inner step size per parameter (``learn2learn.algorithms.MetaSGD``).
-        fused_batch_norm: second-order inner loops on the CPU differentiate batch norm twice
-            through :mod:`metaacdc.maml.batch_norm` (faster, equal up to float rounding);
-            False keeps PyTorch's formula everywhere (the operators a GPU runs).
+
+    Its task copies take the CPU fast paths (fused batch-norm double backward, channels-last
+    layouts) unless a ``cpu_fast_paths(False)`` block (:mod:`metaacdc.runtime.fast_paths`)
+    is in force.
     """
 
     def __init__(
@@ -150,13 +151,11 @@ class MetaLearner(nn.Module):
         first_order: bool,
         adapt: str = "all",
         meta_sgd: bool = False,
-        fused_batch_norm: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.adapt_scope = adapt
         self.first_order = first_order
-        self.fused_batch_norm = fused_batch_norm
         adaptable = model if adapt == "all" else model.head
         wrapper = l2l.algorithms.MetaSGD if meta_sgd else l2l.algorithms.MAML
         self.wrapped = wrapper(adaptable, lr=inner_lr, first_order=first_order)
@@ -165,14 +164,15 @@ class MetaLearner(nn.Module):
         """A fresh copy for one task.
 
         ``detached=True`` cuts it from the meta-parameters: adaptation then builds no graph
-        back to the stored model (evaluation), and nothing leaks into its ``.grad``.
+        back to the stored model (evaluation), and nothing leaks into its ``.grad``. The copy
+        takes its layouts (:func:`task_layouts`) from the fast-path switch as it is here.
         """
         order = self.first_order if first_order is None else first_order
         head = self.wrapped.clone()  # MAML and MetaSGD; the order is chosen in adapt()
         if detached:
             l2l.utils.detach_module(head, keep_requires_grad=True)
         features = None if self.adapt_scope == "all" else self.model.features
-        return TaskLearner(features, head, order, task_layouts(order), self.fused_batch_norm)
+        return TaskLearner(features, head, order, task_layouts(order))
 
 
 def adapt_task(learner: TaskLearner, support_x: Tensor, support_y: Tensor, steps: int) -> None:

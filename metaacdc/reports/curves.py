@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from metaacdc.backbones import DEPTH_STUDY, backbone_meta
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.errors import ConfigError
 from metaacdc.runs.checkpoint import load_checkpoint
@@ -19,8 +20,6 @@ from metaacdc.runs.folder import RunFolder
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-#: Convolutional layers of each backbone of the depth study (its x position on the plot).
-DEPTHS: dict[str, int] = {"conv4": 4, "conv6": 6, "resnet10": 10, "resnet18": 18, "resnet34": 34}
 #: Columns of every table the curve and report commands write.
 COLUMNS = (
     "run",
@@ -68,12 +67,6 @@ def grid(
     Protocol defaults that depend on the backbone or the shots (image size, first order,
     length) are re-derived per run unless ``base`` sets them.
     """
-    unknown = [b for b in backbones if b not in DEPTHS]
-    if unknown:
-        raise ConfigError(
-            f"backbones {', '.join(unknown)} are not in the depth study; "
-            f"accepted values: {', '.join(DEPTHS)}"
-        )
     return [
         resolve(dataclasses.replace(base, shots=s, backbone=b, conv=c))
         for s in shots
@@ -154,7 +147,7 @@ def summarise(run_dirs: Iterable[Path]) -> pd.DataFrame:
             {
                 "run": run_dir.name,
                 "backbone": config["backbone"],
-                "depth": DEPTHS.get(config["backbone"], 0),
+                "depth": backbone_meta(config["backbone"]).depth,
                 "conv": config["conv"],
                 "dataset": config["dataset"],
                 "ways": config["ways"],
@@ -208,7 +201,10 @@ def plot_curve(table: pd.DataFrame, references: pd.DataFrame | None = None) -> F
     figure, axes = plt.subplots(
         1, len(shot_settings), figsize=(5 * len(shot_settings), 4), squeeze=False
     )
-    order = list(DEPTHS)  # backbones equally spaced, shallow to deep, as in the papers
+    # the study's backbones and any other of the table, equally spaced, shallow to deep
+    depths = {b: backbone_meta(b).depth for b in DEPTH_STUDY}
+    depths |= dict(zip(table["backbone"], table["depth"]))
+    order = sorted(depths, key=lambda backbone: (depths[backbone], backbone))
     datasets = ", ".join(sorted(set(table["dataset"])))
     for axis, shots in zip(axes[0], shot_settings):
         part = table[table["shots"] == shots]

@@ -10,6 +10,11 @@ Nothing here runs on a GPU; the numbers come from a cost model calibrated on one
 * **operators**: the operator calls that launch work in one training task and in one
   evaluation task (views and other relabellings of memory left out), counted by running
   each once on the CPU on small random images: the count does not depend on image size.
+  They run with the CPU fast paths off (:mod:`metaacdc.runtime.fast_paths`): a GPU runs
+  neither the pool-first batch norm nor the fused double backward. The channels-last
+  layouts, the one fast path a GPU also runs, are then left out too; their layout copies
+  were 0.1 to 4% of a task's operators (Conv4 and ResNet10, both orders), well inside the
+  spread of the calibration below.
 * **time** per task: the larger of its FLOPs at :data:`GPU_TFLOPS` and its operators at
   :data:`OP_OVERHEAD_S` each (MAML's batches of 5 to 80 images leave a GPU waiting on the
   launches, not on arithmetic). Training + validation + test evaluation.
@@ -36,11 +41,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from metaacdc.backbones.convnet import textbook_order
 from metaacdc.config import TrainConfig, resolve
-from metaacdc.data import Episode
+from metaacdc.data import DataFacts, Episode
 from metaacdc.reports.summary import forward_flops
 from metaacdc.runs.experiment import build_model
+from metaacdc.runtime.fast_paths import cpu_fast_paths
 
 #: Assumed sustained arithmetic rate of one GPU for these batches. No measured run was
 #: bound by it (see the module docstring), so it is an assumption: about a fifth of an
@@ -147,9 +152,9 @@ def model_costs(model: nn.Module, channels: int, image_size: int) -> ModelCosts:
 def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     """Count the operators of one training task (adaptation, query loss, meta-gradient) and
     one evaluation task (first-order adaptation, queries classified) of ``config``, each run
-    once on the CPU on random images of :data:`_COUNTING_SIZE` px, with the operators a GPU
-    runs (PyTorch's batch-norm double backward). The global random state is left as it
-    was."""
+    once on the CPU on random images of :data:`_COUNTING_SIZE` px, with the CPU fast paths
+    off (the plain path, as the module docstring says). The global random state is left as
+    it was."""
     from metaacdc.maml.adaptation import Learner
     from metaacdc.maml.learner import MetaLearner
     from metaacdc.training.step import meta_train_step
@@ -157,18 +162,11 @@ def task_ops(config: TrainConfig, channels: int) -> TaskOps:
     config = resolve(dataclasses.replace(config, image_size=_COUNTING_SIZE))
     assert config.first_order is not None
     cpu = torch.device("cpu")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), cpu_fast_paths(False):
         torch.manual_seed(0)
-        # batch norm before pooling and PyTorch's batch-norm double backward: the CPU-only
-        # pool-first order and fused double backward are not what a GPU runs
-        model = textbook_order(build_model(config, channels))
+        model = build_model(config, channels)
         meta = MetaLearner(
-            model,
-            config.inner_lr,
-            config.first_order,
-            config.adapt,
-            config.meta_sgd,
-            fused_batch_norm=False,
+            model, config.inner_lr, config.first_order, config.adapt, config.meta_sgd
         )
         labels = torch.arange(config.ways)
         shape = (channels, _COUNTING_SIZE, _COUNTING_SIZE)
@@ -186,8 +184,7 @@ def task_ops(config: TrainConfig, channels: int) -> TaskOps:
         meta.train()
         with _OpCounter() as train:
             meta_train_step(meta, [task], idle, config.inner_steps, cpu)
-        facts: dict[str, Any] = {"channels": channels, "image_size": _COUNTING_SIZE}
-        facts |= {"mean": [0.0] * channels, "std": [1.0] * channels, "inverted": False}
+        facts = DataFacts("random", _COUNTING_SIZE, channels, (0.0,) * channels, (1.0,) * channels)
         learner = Learner(meta.eval(), config, facts, cpu)
         test_query = torch.randn(config.ways * config.test_queries, *shape)
         with _OpCounter() as evaluation:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from metaacdc.acdc import count_parameters
-from metaacdc.backbones import create_backbone
-from metaacdc.config import CONV_BACKBONES
+from metaacdc.backbones import backbone_meta, create_backbone
 from metaacdc.convs import conv_kind
 from metaacdc.reports.summary import forward_flops
 
@@ -33,11 +32,6 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "gflops",
     "gflops_vs_plain",
 )
-
-
-def protocol_image_size(backbone: str) -> int:
-    """Design §5 input side: 84 px for Conv4/Conv6, 224 px for the ResNets."""
-    return 84 if backbone in CONV_BACKBONES else 224
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ def model_table(
     means each backbone's protocol size."""
     rows = []
     for backbone in backbones:
-        size = image_size or protocol_image_size(backbone)
+        size = image_size or backbone_meta(backbone).image_size
         plain = measure(backbone, "plain", atoms=None, group_size=None, image_size=size, ways=ways)
         rows.append(_as_dict(plain, plain))
         for m in atoms:

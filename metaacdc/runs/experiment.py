@@ -1,17 +1,17 @@
 """From a resolved config to the objects of a run: the model, the data splits, and the
-data facts a checkpoint records so a run folder alone can rebuild its preprocessing."""
+samplers and transforms of its training and evaluation."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 from metaacdc.backbones import Backbone, create_backbone
 from metaacdc.config import TrainConfig, conv_kind_of
 from metaacdc.data import (
     CachedSplit,
+    DataFacts,
     EpisodeSampler,
     EvalTransform,
     TrainTransform,
@@ -89,11 +89,11 @@ def evaluation_transform(config: TrainConfig) -> EvalTransform | None:
 
 
 def evaluation_sampler(
-    config: TrainConfig, split: CachedSplit, data: dict[str, Any], seed: int
+    config: TrainConfig, split: CachedSplit, data: DataFacts, seed: int
 ) -> EpisodeSampler:
     """Test-time tasks of a run (validation and evaluation): its task shape with
     ``test_queries``, its test-time transform, and the normalisation of its training data
-    (``data`` as :func:`data_facts` records it)."""
+    (``data``)."""
     return EpisodeSampler(
         split,
         config.ways,
@@ -101,19 +101,6 @@ def evaluation_sampler(
         config.test_queries,
         seed,
         transform=evaluation_transform(config),
-        mean=data["mean"],
-        std=data["std"],
+        mean=data.mean,
+        std=data.std,
     )
-
-
-def data_facts(split: CachedSplit) -> dict[str, Any]:
-    """What preprocessing a model trained on ``split`` expects, in plain types."""
-    meta = split.meta
-    return {
-        "source": meta.source,
-        "image_size": meta.image_size,
-        "channels": meta.channels,
-        "mean": list(meta.mean),
-        "std": list(meta.std),
-        "inverted": bool(meta.preprocessing.get("inverted", False)),
-    }

@@ -10,6 +10,8 @@ RUN_DIR/eval/*.csv           evaluation results
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 import yaml
 
 from metaacdc.config import TrainConfig
+from metaacdc.data.facts import DataFacts
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.checkpoint import load_checkpoint, save_checkpoint
 
@@ -56,6 +59,16 @@ class RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    def start_metrics(self, columns: Sequence[str]) -> None:
+        """A new metrics.csv holding only its header row."""
+        with self.metrics.open("w", newline="") as stream:
+            csv.writer(stream).writerow(columns)
+
+    def append_metrics(self, row: Sequence[object]) -> None:
+        """One row appended to metrics.csv."""
+        with self.metrics.open("a", newline="") as stream:
+            csv.writer(stream).writerow(row)
+
 
 def run_name(config: TrainConfig) -> str:
     """Default folder name of a run: backbone, conv kind, dataset, task shape and seed."""
@@ -65,7 +78,7 @@ def run_name(config: TrainConfig) -> str:
 
 def checkpoint_payload(
     config: TrainConfig,
-    data: dict[str, Any],
+    data: DataFacts,
     step: int,
     learner: MetaLearner,
     optimizer: torch.optim.Optimizer | None = None,
@@ -81,10 +94,11 @@ def checkpoint_payload(
 
     ``owed_validation``: the metrics of meta-update ``step`` (training loss, accuracy,
     tasks/s, elapsed s) when its validation was interrupted; resuming runs it first.
+    ``data`` is stored as :meth:`~metaacdc.data.facts.DataFacts.to_dict`'s plain mapping.
     """
     payload: dict[str, Any] = {
         "config": config.to_dict(),
-        "data": data,
+        "data": data.to_dict(),
         "step": step,
         "model": learner.state_dict(),
         "best_val": best_val,

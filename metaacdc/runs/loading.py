@@ -7,14 +7,13 @@ from pathlib import Path
 import torch
 
 from metaacdc.config import TrainConfig, resolve
+from metaacdc.data.facts import DataFacts
 from metaacdc.errors import ConfigError
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.experiment import build_model
 from metaacdc.runs.folder import read_checkpoint
 from metaacdc.runtime.device import resolve_device
-
-DATA_FACTS = ("channels", "image_size", "mean", "std", "inverted")
 
 
 def load(run_or_checkpoint: str | Path, device: str | torch.device | None = None) -> Learner:
@@ -30,32 +29,30 @@ def load(run_or_checkpoint: str | Path, device: str | torch.device | None = None
 
     Raises:
         FileNotFoundError: no such folder or file, or a run folder without checkpoints.
-        ConfigError: not a metaacdc checkpoint, or one this version cannot rebuild.
+        ConfigError: not a metaacdc checkpoint, or one this version cannot rebuild
+            (malformed config or data facts, weights that do not fit), in one line
+            naming the file.
     """
     path = Path(run_or_checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"{path}: run folder or checkpoint not found")
     target = resolve_device(device)
     payload = read_checkpoint(path, map_location="cpu")
-    config_values, data = payload["config"], payload["data"]
-    if not isinstance(config_values, dict) or not isinstance(data, dict):
-        raise ConfigError(f"{path}: incompatible checkpoint (config or data is not a mapping)")
-    missing = [key for key in DATA_FACTS if key not in data]
-    if missing:
-        raise ConfigError(
-            f"{path}: incompatible checkpoint (its data facts lack {', '.join(missing)})"
-        )
+    config_values = payload["config"]
+    if not isinstance(config_values, dict):
+        raise ConfigError(f"{path}: incompatible checkpoint (config is not a mapping)")
     try:
+        data = DataFacts.from_dict(payload["data"])
         config = resolve(TrainConfig.from_dict(config_values, source="checkpoint config"))
     except (ConfigError, TypeError) as error:
         raise ConfigError(f"{path}: incompatible checkpoint ({error})") from error
-    if config.image_size != data["image_size"]:
+    if config.image_size != data.image_size:
         raise ConfigError(
             f"{path}: incompatible checkpoint (config image_size {config.image_size} but "
-            f"data image_size {data['image_size']})"
+            f"data image_size {data.image_size})"
         )
     assert config.first_order is not None
-    model = build_model(config, int(data["channels"]))
+    model = build_model(config, data.channels)
     meta = MetaLearner(model, config.inner_lr, config.first_order, config.adapt, config.meta_sgd)
     try:
         meta.load_state_dict(payload["model"])

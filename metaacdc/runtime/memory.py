@@ -11,7 +11,8 @@ gets by other means).
 The price is resident memory: freed blocks stay mapped, and heap fragmentation raised the
 peak of a second-order training step by about a third. Hence a scope, used around the
 evaluator's task loop only, after which the heap is trimmed and glibc's usual thresholds
-are back.
+are back. It is one of the CPU fast paths: with them off
+(:func:`~metaacdc.runtime.fast_paths.cpu_fast_paths`) the scope leaves the allocator alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import functools
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from metaacdc.runtime.fast_paths import cpu_fast_paths_enabled
 
 # mallopt(3) parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -61,10 +64,11 @@ def reuse_freed_memory() -> Iterator[bool]:
     """Within the block, keep freed blocks up to 1 GiB in the process heap for reuse.
 
     Yields:
-        Whether the setting applies here (glibc on Linux); elsewhere the block runs
-        unchanged. Speed and resident memory are all it changes, never a number.
+        Whether the setting applies here (glibc on Linux, the fast paths on when the block
+        is entered); otherwise the block runs unchanged. Speed and resident memory are all
+        it changes, never a number.
     """
-    libc = _glibc()
+    libc = _glibc() if cpu_fast_paths_enabled() else None
     applied = libc is not None and _set_thresholds(libc, HEAP_SERVED_BYTES, HEAP_SERVED_BYTES)
     try:
         yield applied

@@ -1,6 +1,7 @@
 """Meta-training: the MAML step, validation, and the resumable training loop."""
 
+from metaacdc.training.state import TrainState
 from metaacdc.training.step import StepStats, meta_train_step
 from metaacdc.training.trainer import TrainingDivergedError, train
 
-__all__ = ["StepStats", "TrainingDivergedError", "meta_train_step", "train"]
+__all__ = ["StepStats", "TrainState", "TrainingDivergedError", "meta_train_step", "train"]

@@ -8,19 +8,19 @@ depends on the number of processes, so a run can be resumed with another number.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from metaacdc.config import TrainConfig, resolve
-from metaacdc.data import Episode, EpisodeSampler, episode_loader
+from metaacdc.data import DataFacts, Episode, EpisodeSampler, episode_loader
 from metaacdc.data.loader import ShardedSampler
 from metaacdc.data.sampler import task_seed
 from metaacdc.errors import ConfigError
@@ -30,7 +30,6 @@ from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.checkpoint import load_checkpoint
 from metaacdc.runs.experiment import (
     build_model,
-    data_facts,
     evaluation_sampler,
     open_splits,
     training_transform,
@@ -39,12 +38,14 @@ from metaacdc.runs.folder import RunFolder, save_learner
 from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
 from metaacdc.runtime.device import resolve_device
-from metaacdc.training.step import meta_train_step
+from metaacdc.training.state import TrainState
+from metaacdc.training.step import StepStats, meta_train_step
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
 VALIDATION_SEED = 0
 #: Settings that may differ when a run is resumed (they do not change its result on CPU).
 RUNTIME_SETTINGS = ("device", "workers")
+#: Columns of a run's metrics.csv: one row per validation.
 METRICS = ("step", "loss", "accuracy", "val_accuracy", "val_ci95", "tasks_per_s", "elapsed_s")
 
 
@@ -171,166 +172,198 @@ def _train_claimed(
             )
         payload = load_checkpoint(folder.last)
         _check_same_run(payload["config"], config, folder.root)
-    assert config.meta_updates is not None and config.test_inner_steps is not None
+    session = _Session(config, folder, world, payload)
+    remaining = session.remaining(stop_after)
+    session.log(
+        f"{'resuming at' if payload else 'starting'} meta-update {session.state.step} of "
+        f"{config.meta_updates} on {session.device}"
+    )
+    if remaining > 0 or session.state.owed is not None:
+        session.run(remaining, progress, checkpoint_every_s)
+    return session.summary()
 
-    device = world.device_for(resolve_device(config.device))
-    torch.manual_seed(config.seed)
-    with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
-        splits = open_splits(config, ("train", "val"))
-    data = data_facts(splits["train"])
-    model = build_model(config, splits["train"].channels)
-    learner = MetaLearner(
-        model, config.inner_lr, bool(config.first_order), config.adapt, config.meta_sgd
-    ).to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.meta_lr)
-    step, best_val, best_step = 0, None, None
-    # the metrics of a meta-update whose validation has not run yet (interrupted)
-    owed: list[float] | None = None
-    if payload is not None:
-        learner.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        step, best_val, best_step = payload["step"], payload["best_val"], payload["best_step"]
-        owed = payload.get("owed_validation")
-    elif world.is_main:
-        folder.write_config(config)
-        with folder.metrics.open("w", newline="") as stream:
-            csv.writer(stream).writerow(METRICS)
 
-    def save(path: Path, at_step: int, owed_validation: list[float] | None = None) -> None:
-        if not world.is_main:
+class _Session:
+    """One call's training of a run: the model, optimizer, samplers and :class:`TrainState`
+    it shares between meta-updates, validations and checkpoints."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        folder: RunFolder,
+        world: distributed.World,
+        payload: dict[str, Any] | None,
+    ) -> None:
+        assert config.meta_updates is not None and config.test_inner_steps is not None
+        self.config, self.folder, self.world = config, folder, world
+        self.device = world.device_for(resolve_device(config.device))
+        torch.manual_seed(config.seed)
+        with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
+            splits = open_splits(config, ("train", "val"))
+        self.data = DataFacts.from_split(splits["train"])
+        model = build_model(config, splits["train"].channels)
+        self.learner = MetaLearner(
+            model, config.inner_lr, bool(config.first_order), config.adapt, config.meta_sgd
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
+        self.state = TrainState()
+        if payload is not None:
+            self.learner.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.state = TrainState.from_checkpoint(payload)
+        elif world.is_main:
+            folder.write_config(config)
+            folder.start_metrics(METRICS)
+        self.train_sampler = EpisodeSampler(
+            splits["train"],
+            config.ways,
+            config.shots,
+            config.queries,
+            config.seed,
+            transform=training_transform(config),
+        )
+        self.val_sampler = evaluation_sampler(config, splits["val"], self.data, VALIDATION_SEED)
+        self.mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
+        self.log = _Log(folder.log if world.is_main else None)
+        self.started = self.saved_at = time.perf_counter()
+
+    def remaining(self, stop_after: int | None) -> int:
+        """Meta-updates this call does: to the end of the run, at most ``stop_after``."""
+        assert self.config.meta_updates is not None
+        remaining = self.config.meta_updates - self.state.step
+        return remaining if stop_after is None else min(remaining, stop_after)
+
+    def summary(self) -> RunSummary:
+        assert self.config.meta_updates is not None
+        state = self.state
+        return RunSummary(
+            self.folder.root, state.step, self.config.meta_updates, state.best_val, state.best_step
+        )
+
+    def save(self, path: Path, owed_validation: list[float] | None = None) -> None:
+        """A checkpoint of the current state at ``path`` (rank 0 only)."""
+        if not self.world.is_main:
             return
         save_learner(
             path,
-            config=config,
-            data=data,
-            step=at_step,
-            learner=learner,
-            optimizer=optimizer,
-            best_val=best_val,
-            best_step=best_step,
+            config=self.config,
+            data=self.data,
+            step=self.state.step,
+            learner=self.learner,
+            optimizer=self.optimizer,
+            best_val=self.state.best_val,
+            best_step=self.state.best_step,
             owed_validation=owed_validation,
         )
+        self.saved_at = time.perf_counter()
 
-    train_sampler = EpisodeSampler(
-        splits["train"],
-        config.ways,
-        config.shots,
-        config.queries,
-        config.seed,
-        transform=training_transform(config),
-    )
-    val_sampler = evaluation_sampler(config, splits["val"], data, VALIDATION_SEED)
-    remaining = config.meta_updates - step
-    if stop_after is not None:
-        remaining = min(remaining, stop_after)
-    log = _Log(folder.log if world.is_main else None)
-    log(
-        f"{'resuming at' if payload else 'starting'} meta-update {step} of "
-        f"{config.meta_updates} on {device}"
-    )
-    if remaining <= 0 and owed is None:
-        return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
-    started, updates_done = time.perf_counter(), 0
-    saved_at = started
-
-    def validate(metrics: list[float]) -> None:
-        """Validate meta-update ``step`` (``metrics``: its training loss, accuracy, tasks/s
-        and elapsed s), log it, and save the best and last checkpoints."""
-        nonlocal best_val, best_step, owed, saved_at
-        owed = metrics  # until its row is written: a Ctrl-C now leaves it owed
+    def validate(self, metrics: list[float]) -> None:
+        """Validate the current meta-update (``metrics``: its training loss, accuracy,
+        tasks/s and elapsed s), log it, and save the best and last checkpoints."""
+        state = self.state
+        state.owed = metrics  # until its row is written: a Ctrl-C now leaves it owed
         result = evaluate(
-            Learner(learner, config, data, device),  # evaluation's own code path
-            val_sampler,
-            config.val_tasks,
-            inner_steps=config.test_inner_steps,
+            Learner(self.learner, self.config, self.data, self.device),  # evaluation's path
+            self.val_sampler,
+            self.config.val_tasks,
+            inner_steps=self.config.test_inner_steps,
             progress=False,
         )
-        improved = best_val is None or result.mean > best_val
+        improved = state.best_val is None or result.mean > state.best_val
         if improved:
-            best_val, best_step = result.mean, step
-            save(folder.best, step)
+            state.best_val, state.best_step = result.mean, state.step
+            self.save(self.folder.best)
         loss, accuracy, rate, elapsed = metrics
-        if world.is_main:
-            with folder.metrics.open("a", newline="") as stream:
-                row = (step, loss, accuracy, result.mean, result.ci95, rate, elapsed)
-                csv.writer(stream).writerow(row)
-        log(
-            f"meta-update {step}: loss {loss:.4f} train acc {accuracy:.3f} "
+        if self.world.is_main:
+            row = (state.step, loss, accuracy, result.mean, result.ci95, rate, elapsed)
+            self.folder.append_metrics(row)
+        self.log(
+            f"meta-update {state.step}: loss {loss:.4f} train acc {accuracy:.3f} "
             f"val acc {result.mean:.4f} ± {result.ci95:.4f}{' (best)' if improved else ''}"
         )
-        owed = None
-        save(folder.last, step)
-        saved_at = time.perf_counter()
+        state.owed = None
+        self.save(self.folder.last)
 
-    mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
-
-    def episodes(first_update: int, updates: int) -> Iterator[Episode]:
+    def episodes(self, first_update: int, updates: int) -> Iterator[Episode]:
         """This process's episodes of meta-updates ``first_update`` onwards, ``updates`` of
         them (no loader started for none)."""
         if updates > 0:
             yield from episode_loader(
-                ShardedSampler(train_sampler, config.meta_batch, mine),
-                updates * len(mine),
-                start=first_update * len(mine),
-                num_workers=config.workers,
+                ShardedSampler(self.train_sampler, self.config.meta_batch, self.mine),
+                updates * len(self.mine),
+                start=first_update * len(self.mine),
+                num_workers=self.config.workers,
             )
 
-    bar = tqdm(
-        total=config.meta_updates,
-        initial=step,
-        disable=not (progress and world.is_main),
-        unit="update",
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
-    )
-    learner.train()
-    try:
-        if owed is not None:  # the last session was interrupted while validating
-            validate(owed)
-        for tasks in _meta_batches(episodes(step, remaining), len(mine)):
-            stats = meta_train_step(
-                learner,
-                tasks,
-                optimizer,
-                config.inner_steps,
-                device,
-                config.amp,
-                task_seeds=[task_seed(config.seed, step * config.meta_batch + i) for i in mine],
-                world=world,
-            )
-            if not math.isfinite(stats.loss):
-                raise TrainingDivergedError(step + 1, stats.loss)
-            step += 1
-            updates_done += 1
-            rate = updates_done * config.meta_batch / (time.perf_counter() - started)
-            bar.update(1)
-            bar.set_postfix(
-                refresh=False,
-                loss=f"{stats.loss:.3f}",
-                acc=f"{stats.accuracy:.3f}",
-                tasks_s=f"{rate:.2f}",
-                best=best_val,
-            )
-            # validations at fixed steps only, so a run split by stop_after or an
-            # interruption keeps the validations (and best checkpoint) of an unsplit run
-            if step % config.val_every == 0 or step == config.meta_updates:
-                validate([stats.loss, stats.accuracy, rate, time.perf_counter() - started])
-            elif updates_done == remaining or (
-                checkpoint_every_s is not None
-                and time.perf_counter() - saved_at >= checkpoint_every_s
-            ):
-                save(folder.last, step)
-                saved_at = time.perf_counter()
-    except KeyboardInterrupt:
-        # the interrupted meta-update is discarded: save the state before it began (or
-        # after it, with its validation owed, when that was what got interrupted)
-        save(folder.last, step, owed)
-        log(f"interrupted; saved meta-update {step} to {folder.last}")
-        raise
-    finally:
-        bar.close()
-    distributed.barrier(world)  # the run folder is complete when train() returns anywhere
-    return RunSummary(folder.root, step, config.meta_updates, best_val, best_step)
+    def run(self, remaining: int, progress: bool, checkpoint_every_s: float | None) -> None:
+        """An owed validation, then ``remaining`` meta-updates with their validations and
+        checkpoints; on Ctrl-C the last completed meta-update is saved."""
+        config, state = self.config, self.state
+        bar = tqdm(
+            total=config.meta_updates,
+            initial=state.step,
+            disable=not (progress and self.world.is_main),
+            unit="update",
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,  # logs get a line every 30 s
+        )
+        self.learner.train()
+        try:
+            if state.owed is not None:  # the last session was interrupted while validating
+                self.validate(state.owed)
+            episodes = self.episodes(state.step, remaining)
+            for done, tasks in enumerate(_meta_batches(episodes, len(self.mine)), start=1):
+                stats = self.meta_update(tasks)
+                rate = done * config.meta_batch / (time.perf_counter() - self.started)
+                bar.update(1)
+                bar.set_postfix(
+                    refresh=False,
+                    loss=f"{stats.loss:.3f}",
+                    acc=f"{stats.accuracy:.3f}",
+                    tasks_s=f"{rate:.2f}",
+                    best=state.best_val,
+                )
+                # validations at fixed steps only, so a run split by stop_after or an
+                # interruption keeps the validations (and best checkpoint) of an unsplit run
+                if state.step % config.val_every == 0 or state.step == config.meta_updates:
+                    elapsed = time.perf_counter() - self.started
+                    self.validate([stats.loss, stats.accuracy, rate, elapsed])
+                elif done == remaining or (
+                    checkpoint_every_s is not None
+                    and time.perf_counter() - self.saved_at >= checkpoint_every_s
+                ):
+                    self.save(self.folder.last)
+        except KeyboardInterrupt:
+            # the interrupted meta-update is discarded: save the state before it began (or
+            # after it, with its validation owed, when that was what got interrupted)
+            self.save(self.folder.last, state.owed)
+            self.log(f"interrupted; saved meta-update {state.step} to {self.folder.last}")
+            raise
+        finally:
+            bar.close()
+        distributed.barrier(self.world)  # the run folder is complete when train() returns
+
+    def meta_update(self, tasks: list[Episode]) -> StepStats:
+        """One meta-update on this process's ``tasks``; the step count moves on.
+
+        Raises:
+            TrainingDivergedError: the meta-loss is not finite (nothing is saved of it).
+        """
+        config, step = self.config, self.state.step
+        stats = meta_train_step(
+            self.learner,
+            tasks,
+            self.optimizer,
+            config.inner_steps,
+            self.device,
+            config.amp,
+            task_seeds=[task_seed(config.seed, step * config.meta_batch + i) for i in self.mine],
+            world=self.world,
+        )
+        if not math.isfinite(stats.loss):
+            raise TrainingDivergedError(step + 1, stats.loss)
+        self.state.step += 1
+        return stats
 
 
 class _Log:

@@ -1,9 +1,8 @@
-"""Pool-first batch norm (metaacdc.backbones.pool_first): the textbook order's numbers, used
-only where it applies."""
+"""Pool-first batch norm (metaacdc.backbones.pool_first): the textbook order's numbers (what
+the blocks run with the CPU fast paths off), used only where it applies."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 
 import pytest
@@ -12,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaacdc.backbones import convnet, create_backbone
-from metaacdc.backbones.convnet import textbook_order
 from metaacdc.backbones.pool_first import pooled_batch_norm
 from metaacdc.convs import conv_kind
+from metaacdc.runtime.fast_paths import cpu_fast_paths
 
 
 @pytest.fixture
@@ -53,14 +52,14 @@ def test_without_autograd_blocks_pool_first_and_match_the_textbook_order(
     torch.manual_seed(0)
     model = trained_looking_norms(create_backbone(name, conv_kind(kind), image_size=42))
     model.eval()  # ACDC-net drops atoms at random in training
-    textbook = textbook_order(copy.deepcopy(model))
     x = torch.randn(7, 3, 42, 42).contiguous(memory_format=memory_format)
     pool_first_calls.clear()  # building an ACDC-net model runs it once to find its layers
     with mode():
         ours = model(x)
         assert len(pool_first_calls) == convnet.POOLED_BLOCKS
-        expected = textbook(x)
-    assert len(pool_first_calls) == convnet.POOLED_BLOCKS, "textbook_order never pools first"
+        with cpu_fast_paths(False):
+            expected = model(x)
+    assert len(pool_first_calls) == convnet.POOLED_BLOCKS, "fast paths off: never pools first"
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -69,14 +68,16 @@ def test_with_autograd_or_a_negative_weight_blocks_run_the_textbook_order(
 ) -> None:
     torch.manual_seed(0)
     model = trained_looking_norms(create_backbone("conv4", "plain", image_size=28))
-    textbook = textbook_order(copy.deepcopy(model))
     x = torch.randn(6, 3, 28, 28)
-    assert torch.equal(model(x), textbook(x))  # gradients recorded
-    first_norm = model.features[0][1]
+    with cpu_fast_paths(False):
+        textbook = model(x)
+    assert torch.equal(model(x), textbook)  # gradients recorded
+    first_block = model.features[0]
     with torch.no_grad():
-        first_norm.weight[3] = -0.5
-        textbook.features[0][1].weight[3] = -0.5
-        assert torch.equal(model.features[0](x), textbook.features[0](x))
+        first_block[1].weight[3] = -0.5
+        with cpu_fast_paths(False):
+            textbook = first_block(x)
+        assert torch.equal(first_block(x), textbook)
     assert pool_first_calls == []
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaacdc.api import Learner, load
+from metaacdc.api import Learner
 from metaacdc.data import (
     Episode,
     EpisodeSampler,
@@ -25,19 +25,9 @@ from metaacdc.errors import ConfigError
 from metaacdc.evaluation.evaluator import EvalResult, confidence_95, evaluate
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.runs.experiment import evaluation_transform
-from tests.tiny_runs import TEST_QUERIES, evaluation_episodes, make_run, synthetic
+from tests.tiny_runs import TEST_QUERIES, synthetic
 
 TASKS = 6
-
-
-@pytest.fixture(scope="module")
-def learner(tmp_path_factory: pytest.TempPathFactory) -> Learner:
-    return load(make_run(tmp_path_factory.mktemp("run")).root, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sampler(learner: Learner) -> EpisodeSampler:
-    return evaluation_episodes(learner)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +75,8 @@ def test_a_frozen_manifest_gives_identical_numbers_twice(
         split,
         manifest,
         transform=evaluation_transform(learner.config),
-        mean=learner.data["mean"],
-        std=learner.data["std"],
+        mean=learner.data.mean,
+        std=learner.data.std,
     )
     first = evaluate(learner, frozen, TASKS, progress=False)
     second = evaluate(learner, frozen, TASKS, progress=False)

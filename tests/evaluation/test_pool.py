@@ -12,26 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from metaacdc.api import Learner, load
+from metaacdc.api import Learner
 from metaacdc.data import EpisodeSampler
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.evaluation.journal import TaskJournal, weights_fingerprint
 from metaacdc.evaluation.pool import EvaluationPool
 from metaacdc.runtime.distributed import World
-from tests.tiny_runs import evaluation_episodes, make_run, synthetic
+from metaacdc.runtime.fast_paths import cpu_fast_paths, cpu_fast_paths_enabled
+from tests.tiny_runs import synthetic
 
 TASKS = 6
-
-
-@pytest.fixture(scope="module")
-def learner(tmp_path_factory: pytest.TempPathFactory) -> Learner:
-    return load(make_run(tmp_path_factory.mktemp("run")).root, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def sampler(learner: Learner) -> EpisodeSampler:
-    return evaluation_episodes(learner)
 
 
 @pytest.fixture
@@ -125,6 +116,31 @@ def test_a_worker_that_dies_is_reported() -> None:
     # one worker takes the tasks in order; a killed process may not have sent its last ones
     assert seen == [0.0, 1.0, 2.0][: len(seen)]
     assert multiprocessing.active_children() == []
+
+
+def _fast_paths_enabled(number: int) -> float:
+    return float(cpu_fast_paths_enabled())
+
+
+def test_workers_follow_the_fast_path_switch_of_the_caller() -> None:
+    """Spawned workers start fresh; the pool hands them the setting where it is built."""
+    for enabled in (True, False):
+        with (
+            cpu_fast_paths(enabled),
+            EvaluationPool(_fast_paths_enabled, _Numbers(), 2) as pool,  # type: ignore[arg-type]
+        ):
+            assert {value for _, value in pool.results(range(4))} == {float(enabled)}
+
+
+def test_workers_with_the_fast_paths_off_give_the_accuracies_of_one_process(
+    learner: Learner, sampler: EpisodeSampler, one_thread: None
+) -> None:
+    """The pool is not a fast path: with the fast paths off it still shares the tasks out,
+    and gives the plain path's accuracies of one process."""
+    with cpu_fast_paths(False):
+        alone = evaluate(learner, sampler, 4, progress=False)
+        pooled = evaluate(learner, sampler, 4, progress=False, processes=2)
+    np.testing.assert_array_equal(pooled.accuracies, alone.accuracies)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from torch import Tensor
 from metaacdc.backbones import create_backbone
 from metaacdc.maml.batch_norm import fused_double_backward
 from metaacdc.maml.learner import MetaLearner
+from metaacdc.runtime.fast_paths import cpu_fast_paths
 
 EPS = 1e-5
 
@@ -75,9 +76,12 @@ def test_forward_and_first_backward_are_pytorch_bit_for_bit() -> None:
 
 
 def test_calls_it_cannot_serve_run_unchanged() -> None:
-    """Running statistics, no affine parameters and autocast keep PyTorch's batch norm."""
+    """Running statistics, no affine parameters, autocast and the CPU fast paths off keep
+    PyTorch's batch norm."""
     x, weight, bias, _ = inputs(torch.float32)
     running = (torch.zeros(3), torch.ones(3))
+    with fused_double_backward(), cpu_fast_paths(False):
+        switched_off = F.batch_norm(x, None, None, weight, bias, training=True)
     with fused_double_backward():
         plain = F.batch_norm(x, None, None, weight, bias, training=True)
         tracked = F.batch_norm(x, *running, weight, bias, training=True)
@@ -85,7 +89,7 @@ def test_calls_it_cannot_serve_run_unchanged() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = F.batch_norm(x.bfloat16(), None, None, weight, bias, training=True)
     assert plain.grad_fn is not None and type(plain.grad_fn).__name__ == "_BatchNormBackward"
-    for out in (tracked, unscaled, mixed):
+    for out in (tracked, unscaled, mixed, switched_off):
         assert out.grad_fn is not None and "NativeBatchNorm" in type(out.grad_fn).__name__
     assert not torch.equal(running[0], torch.zeros(3))  # the running mean was updated
 
@@ -127,7 +131,8 @@ def test_only_second_order_inner_loops_use_it(
 ) -> None:
     torch.manual_seed(0)
     model = create_backbone("conv4", num_classes=3, image_size=16)
-    learner = MetaLearner(model, 0.1, first_order, fused_batch_norm=fused).task_learner()
+    learner = MetaLearner(model, 0.1, first_order).task_learner()
     images = torch.randn(6, 3, 16, 16)
-    assert batch_norm_nodes(learner.support_logits(images)) == {expected}
+    with cpu_fast_paths(fused):
+        assert batch_norm_nodes(learner.support_logits(images)) == {expected}
     assert batch_norm_nodes(learner(images)) == {"NativeBatchNormBackward0"}  # query pass

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from metaacdc.backbones import DEPTH_STUDY
 from metaacdc.cli import main
 from metaacdc.errors import ConfigError
 from metaacdc.reports.curves import (
     COLUMNS,
-    DEPTHS,
     REFERENCES,
     data_by_image_size,
     manifests_by_task_shape,
@@ -85,7 +85,7 @@ def test_curve_runs_the_grid_then_skips_finished_runs(tmp_path, base_config, cap
         (5, "plain"),
     ]
     assert (table["tasks"] == 5).all() and table["accuracy"].between(0, 100).all()
-    assert (table["depth"] == DEPTHS["conv4"]).all()
+    assert (table["depth"] == 4).all()  # Conv4: four conv layers
     assert (out / "curve.png").stat().st_size > 10_000
     assert "| run | backbone | depth |" in (out / "curve.md").read_text()
     checkpoints = sorted(out.glob("*/checkpoints/last.pt"))
@@ -145,7 +145,10 @@ def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys
     ("argv", "message"),
     [
         (["curve", "--acdc", "everything"], "--acdc='everything' is not valid"),
-        (["curve", "--backbones", "vgg16"], "backbones vgg16 are not in the depth study"),
+        (
+            ["curve", "--backbones", "vgg16"],
+            "backbone='vgg16' is not valid; accepted values: conv4",
+        ),
         (["report", "/no/such/run"], "not a run folder"),
         (["curve", "--eval-processes", "0"], "--eval-processes=0"),
     ],
@@ -160,9 +163,9 @@ def test_errors_exit_2_with_one_line(argv: list[str], message: str) -> None:
 
 def _table(dataset: str, ways: int = 5) -> pd.DataFrame:
     rows = [
-        (f"{b}-{c}", b, DEPTHS[b], c, dataset, ways, s, 10, 50.0 + DEPTHS[b] / 10, 1.0)
+        (f"{b}-{c}", b, depth, c, dataset, ways, s, 10, 50.0 + depth / 10, 1.0)
         for s in (1, 5)
-        for b in ("conv4", "resnet10")
+        for b, depth in (("conv4", 4), ("resnet10", 10))
         for c in ("plain", "acdc-net")
     ]
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -170,7 +173,7 @@ def _table(dataset: str, ways: int = 5) -> pd.DataFrame:
 
 def test_references_are_the_published_numbers() -> None:
     closerlook = REFERENCES[REFERENCES["source"] == "CloserLook MAML (reference)"]
-    assert len(closerlook) == 10 and set(closerlook["backbone"]) == set(DEPTHS)
+    assert len(closerlook) == 10 and set(closerlook["backbone"]) == set(DEPTH_STUDY)
     by_key = REFERENCES.set_index(["source", "backbone", "shots"])
     assert by_key.loc[("CloserLook MAML (reference)", "resnet18", 1), "accuracy"] == 49.61
     assert by_key.loc[("CloserLook MAML (reference)", "resnet34", 5), "ci95"] == 0.79

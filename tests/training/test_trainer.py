@@ -15,7 +15,7 @@ import yaml
 
 import metaacdc.training.trainer as trainer_module
 from metaacdc.cli import main
-from metaacdc.config import TrainConfig
+from metaacdc.config import TrainConfig, resolve
 from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.runs.folder import RunFolder
 from metaacdc.training import TrainingDivergedError, train
@@ -233,7 +233,7 @@ def test_acdc_flag_maps_to_conv_spec(tmp_path: Path) -> None:
     args = build_parser().parse_args(["train", "--backbone", "resnet18", "--acdc", "net"])
     assert config_from_args(args).conv == "acdc-net"
     args = build_parser().parse_args(["train", "--acdc", "net", "--group-size", "32"])
-    assert config_from_args(args).conv == "acdc-g-net"
+    assert resolve(config_from_args(args)).conv == "acdc-g-net"  # resolve names the g- kind
 
 
 @pytest.mark.parametrize(
