@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from metaacdc.acdc.grouping import GroupLayout, channel_shuffle
+from metaacdc.acdc.masks import supplied_mask
 from metaacdc.acdc.slicing import NestedSlices
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
@@ -179,7 +180,9 @@ class ACDCConv2d(nn.Module):
             return self.atoms
         keep = 1.0 - self.atom_drop
         mask_shape = (*self.atoms.shape[:-2], 1, 1)
-        mask = torch.rand(mask_shape, device=self.atoms.device) < keep
+        mask = supplied_mask(self, mask_shape)  # an engine's own draw (metaacdc.acdc.masks)
+        if mask is None:
+            mask = torch.rand(mask_shape, device=self.atoms.device) < keep
         return self.atoms * (mask.to(self.atoms.dtype) / keep)
 
     def _coefficient_slice(self) -> Tensor:
