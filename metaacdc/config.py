@@ -107,9 +107,9 @@ def build_config(
         overrides: settings that win over the file's.
         source: what ``overrides`` are called in error messages (``"command line"``).
 
-    Keys are :class:`TrainConfig` field names, with dashes or underscores. An ungrouped
-    ACDC conv given a ``group_size`` is named as the grouped kind it builds
-    (``conv: acdc-net`` with ``group_size: 32`` is ``acdc-g-net``).
+    Keys are :class:`TrainConfig` field names, with dashes or underscores. (An ungrouped
+    ACDC conv given a ``group_size`` is named as the grouped kind it builds by
+    :func:`resolve`: ``conv: acdc-net`` with ``group_size: 32`` becomes ``acdc-g-net``.)
 
     Returns:
         The config, not yet resolved: fields left ``None`` take the protocol default in

@@ -69,7 +69,7 @@ def conv_spec(acdc: str | None, kernel_sharing: str | None, conv: str | None = N
     """The conv-kind spec (``plain``, ``acdc-<share>``, ``ks-<scope>``, or ``--conv``'s
     registered name) that ``--acdc`` / ``--kernel-sharing`` / ``--conv`` describe, or
     ``None`` when none is given. They are exclusive. A ``--group-size`` is a setting of its
-    own: the kind it makes of an ACDC scope is named by :func:`metaacdc.config.build_config`
+    own: the kind it makes of an ACDC scope is named by :func:`metaacdc.config.resolve`
     (and built by :class:`~metaacdc.acdc.ACDC`)."""
     if conv is not None:
         if acdc not in (None, "none") or kernel_sharing not in (None, "none"):

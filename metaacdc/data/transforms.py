@@ -134,3 +134,9 @@ def uses_image_transforms(dataset: str, augment: bool) -> bool:
     """Colour images get CloserLook's augmentation and test-time zoom (design §5); Omniglot
     and runs with ``augment: false`` get neither."""
     return augment and dataset != "omniglot"
+
+
+def eval_transform_for(dataset: str, augment: bool) -> EvalTransform | None:
+    """The test-time transform of a run on ``dataset`` (validation, evaluation, adaptation
+    API): the zoom for colour images, none where :func:`uses_image_transforms` says so."""
+    return eval_transform() if uses_image_transforms(dataset, augment) else None

@@ -83,13 +83,12 @@ def evaluate_run(
                 f"use --tasks <= {len(manifest)}"
             )
         sampler = ManifestSampler(cached, manifest, transform=transform, mean=mean, std=std)
-        tag = _manifest_stem(episodes)
     else:
         ways, shots = config.ways, config.shots
         tasks = 3000 if tasks is None else tasks
         sampler = evaluation_sampler(config, cached, learner.data, seed)
-        tag = f"seed{seed}"
     steps = config.test_inner_steps if inner_steps is None else inner_steps
+    tag = evaluation_tag(episodes, seed)
     csv = RunFolder(run).evaluations / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
     with claim(evaluation_lock(csv), f"evaluation {csv}", hold=world.is_main):
         journal = TaskJournal(
@@ -144,8 +143,12 @@ def _open_split(learner: Learner, data: str | None, name: str, quiet: bool) -> C
     return split
 
 
-def _manifest_stem(path: Path) -> str:
-    name = path.name
+def evaluation_tag(episodes: Path | None, seed: int = 0) -> str:
+    """What an evaluation CSV's name says its tasks are: the frozen manifest's stem, or
+    ``seed<N>`` for the seeded sampler."""
+    if episodes is None:
+        return f"seed{seed}"
+    name = episodes.name
     for suffix in (".gz", ".json"):
         name = name.removesuffix(suffix)
     return name

@@ -18,7 +18,7 @@ from metaacdc.config import TrainConfig
 from metaacdc.data.facts import DataFacts
 from metaacdc.data.images import ImageLike, ImagePreprocessor
 from metaacdc.data.normalise import Normalise
-from metaacdc.data.transforms import eval_transform, uses_image_transforms
+from metaacdc.data.transforms import eval_transform_for
 from metaacdc.errors import ConfigError, check_positive_int
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.maml.learner import MetaLearner, TaskLearner, adapt_task
@@ -92,8 +92,7 @@ class Learner:
         self.config = config
         self.data = data
         self.device = device
-        zoom = uses_image_transforms(config.dataset, config.augment)
-        transform = eval_transform() if zoom else None
+        transform = eval_transform_for(config.dataset, config.augment)
         self._preprocess = ImagePreprocessor(
             data.channels,
             data.image_size,

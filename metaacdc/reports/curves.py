@@ -1,5 +1,6 @@
-"""Depth curves: the grid of runs (shots x backbones x conv kinds), run or resumed, then a
-table (CSV + Markdown) and a plot of test accuracy against depth with 95% intervals."""
+"""Depth curves: the grid of runs (shots x backbones x conv kinds; :mod:`metaacdc.reports.grid`
+runs or resumes it), then a table (CSV + Markdown) and a plot of test accuracy against depth
+with 95% intervals."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from metaacdc.backbones import DEPTH_STUDY, backbone_meta
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.errors import ConfigError
+from metaacdc.evaluation.run import evaluation_tag
 from metaacdc.runs.checkpoint import load_checkpoint
 from metaacdc.runs.folder import RunFolder
 
@@ -126,7 +128,7 @@ def manifests_by_task_shape(paths: Sequence[Path]) -> dict[tuple[int, int], Path
 def evaluation_file(run_dir: Path, tasks: int, episodes: Path | None) -> Path | None:
     """An existing test evaluation of ``run_dir`` on ``tasks`` tasks, of the frozen
     ``episodes`` when given (else of the seeded sampler), if one was written."""
-    tag = "seed0" if episodes is None else episodes.name.removesuffix(".gz").removesuffix(".json")
+    tag = evaluation_tag(episodes)
     found = sorted(RunFolder(run_dir).evaluations.glob(f"test-{tag}-{tasks}tasks-*.csv"))
     return found[-1] if found else None
 

@@ -15,14 +15,13 @@ from metaacdc.data import (
     EpisodeSampler,
     EvalTransform,
     TrainTransform,
-    eval_transform,
     is_complete,
     open_split,
     prepare,
     synthetic_split,
     train_transform,
 )
-from metaacdc.data.transforms import uses_image_transforms
+from metaacdc.data.transforms import eval_transform_for, uses_image_transforms
 from metaacdc.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -85,7 +84,7 @@ def training_transform(config: TrainConfig) -> TrainTransform | None:
 
 def evaluation_transform(config: TrainConfig) -> EvalTransform | None:
     """The test-time transform of a run (validation, evaluation, adaptation API)."""
-    return eval_transform() if uses_image_transforms(config.dataset, config.augment) else None
+    return eval_transform_for(config.dataset, config.augment)
 
 
 def evaluation_sampler(

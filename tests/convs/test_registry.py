@@ -163,3 +163,16 @@ def test_a_user_kind_trains_from_a_yaml_config_on_the_cli(tmp_path: Path) -> Non
     recorded = load_config_file(run / "config.yaml")
     assert recorded["conv"] == NAME and recorded["atoms"] == 3
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_the_cli_reports_a_broken_plugin_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = importlib.metadata.EntryPoint(
+        name="broken", value="no_such_module_anywhere", group="metaacdc.plugins"
+    )
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [plugin])
+    assert main(["info"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1
+    assert error.startswith("metaacdc: error: plugin 'broken' (no_such_module_anywhere)")
