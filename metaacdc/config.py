@@ -19,6 +19,8 @@ from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
 DATASETS: tuple[str, ...] = ("synthetic", "miniimagenet", "omniglot")
+#: MAML engines (:mod:`metaacdc.maml.engine`): ``auto`` picks the faster one on the device
+ENGINES: tuple[str, ...] = ("auto", "learn2learn", "batched")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
 
 
@@ -56,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    engine: str = "auto"
     workers: int = 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +162,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     backbone = backbone_meta(config.backbone)  # refuses an unknown backbone
     check_choice("dataset", config.dataset, DATASETS)
     check_choice("adapt", config.adapt, ADAPT_SCOPES)
+    check_choice("engine", config.engine, ENGINES)
     for name in (
         "ways",
         "shots",

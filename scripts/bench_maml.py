@@ -19,7 +19,16 @@ the project/reference ratio of each round, since this machine's speed drifts bet
   processes=N)``, ``metaacdc evaluate --processes N``; N = ``--eval-processes``, default
   the number of CPUs): its rate once the workers run, and their start-up time, which the
   3,000-task time includes;
-* memory: peak resident memory of the training process of each side (CUDA: peak allocated).
+* memory: peak resident memory of the training process of each side (CUDA: peak allocated);
+* the batched engine (``metaacdc.maml.batched.BatchedMAML``), side "batched engine": in
+  training, ``metaacdc.training.step.batched_train_step`` (the whole meta-batch as one
+  vectorised computation, same order as the other rows); in evaluation, the evaluator with
+  ``engine="batched"`` (as many tasks per call as fit in memory); each against the same
+  reference loops (the rows "project" evaluate with ``engine="learn2learn"``);
+* operators: the ATen operators of one meta-gradient of each engine, counted by
+  ``scripts/count_ops.py``'s code (after a warm-up, the optimizer step excluded; the
+  learn2learn engine with the CPU fast paths on and off), with batched/learn2learn ratios.
+  Counted once, not per round: the count does not vary between runs.
 
 The project's evaluator runs its task loop inside ``metaacdc.runtime.memory.reuse_freed_memory``
 (an allocator setting, see there); the evaluation row "reference + allocator" runs the
@@ -33,7 +42,11 @@ Targets (CPU): training >= 1.2x the reference, evaluation >= 2x, 3,000 Conv4 5W1
 84 px <= 15 min, training memory <= 1.2x the reference.
 
     .venv/bin/python scripts/bench_maml.py [--backbone conv4] [--image-size 84] [--shots 1]
-        [--first-order] [--rounds 3]
+        [--first-order] [--rounds 3] [--jobs train eval ops]
+        [--skip allocator fast-paths-off processes batched]
+
+``--jobs`` measures only some jobs and ``--skip`` leaves optional rows out, to keep a run
+short; "reference" and "project" are always measured (every ratio is to one of them).
 """
 
 from __future__ import annotations
@@ -52,26 +65,32 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from count_ops import count, engines
 
-from metaacdc.backbones import create_backbone
+from metaacdc.backbones import Backbone, create_backbone
 from metaacdc.data import DataFacts, EpisodeSampler, synthetic_split
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.runtime.fast_paths import cpu_fast_paths
 from metaacdc.runtime.memory import reuse_freed_memory
 
-SIDES = {
-    "train": ("reference", "project, fast paths off", "project"),
-    "eval": (
-        "reference",
-        "reference + allocator",
-        "project, fast paths off",
-        "project",
-        "project, N processes",
-    ),
-}
 POOL = "project, N processes"
 PLAIN = "project, fast paths off"
+BATCHED = "batched engine"
+SIDES = {
+    "train": ("reference", PLAIN, "project", BATCHED),
+    "eval": ("reference", "reference + allocator", PLAIN, "project", POOL, BATCHED),
+}
+#: The rows ``--skip`` can leave out, by option value.
+OPTIONAL_SIDES = {
+    "allocator": "reference + allocator",
+    "fast-paths-off": PLAIN,
+    "processes": POOL,
+    "batched": BATCHED,
+}
+#: Rows whose ratio is printed as this side over the reference (the others: project/this).
+AGAINST_REFERENCE = ("project", POOL, BATCHED)
+JOBS = ("train", "eval", "ops")
 
 
 def options() -> argparse.Namespace:
@@ -95,11 +114,21 @@ def options() -> argparse.Namespace:
         "--pool-tasks", type=int, default=60, help="tasks timed per pooled evaluation"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument(
+        "--jobs", nargs="+", choices=JOBS, default=list(JOBS), help="what to measure"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=sorted(OPTIONAL_SIDES),
+        default=[],
+        help="optional rows left out (reference and project are always measured)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "JOB"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def setup(args: argparse.Namespace, split: str) -> tuple[torch.nn.Module, EpisodeSampler]:
+def setup(args: argparse.Namespace, split: str) -> tuple[Backbone, EpisodeSampler]:
     torch.manual_seed(0)
     model = create_backbone(args.backbone, args.conv, image_size=args.image_size)
     data = synthetic_split(split, args.image_size, images_per_class=20)
@@ -135,18 +164,28 @@ def reference_training(args: argparse.Namespace) -> Callable[[], None]:
     return updates
 
 
-def project_training(args: argparse.Namespace) -> Callable[[], None]:
+def project_training(args: argparse.Namespace, batched: bool) -> Callable[[], None]:
+    """The project's training step: the learn2learn engine's ``meta_train_step``, or with
+    ``batched`` the batched engine's ``batched_train_step``, on the same tasks."""
+    from metaacdc.maml.batched import BatchedMAML
     from metaacdc.maml.learner import MetaLearner
-    from metaacdc.training import meta_train_step
+    from metaacdc.training.step import batched_train_step, meta_train_step
 
     model, sampler = setup(args, "train")
     tasks = [sampler.episode(i) for i in range(args.meta_batch)]
     learner = MetaLearner(model, 0.01, args.first_order)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    step: Callable[[], object]
+    if batched:
+        engine = BatchedMAML(learner)
+        step = functools.partial(batched_train_step, engine, tasks, optimizer, args.inner_steps)
+    else:
+        cpu = torch.device("cpu")
+        step = functools.partial(meta_train_step, learner, tasks, optimizer, args.inner_steps, cpu)
 
     def updates() -> None:
         for _ in range(args.updates):
-            meta_train_step(learner, tasks, optimizer, args.inner_steps, torch.device("cpu"))
+            step()
 
     return updates
 
@@ -192,15 +231,36 @@ def project_learner(args: argparse.Namespace) -> tuple[Learner, EpisodeSampler]:
     return Learner(MetaLearner(model, 0.01, True), config, data, torch.device("cpu")), sampler
 
 
-def project_evaluation(args: argparse.Namespace) -> Callable[[], None]:
+def project_evaluation(args: argparse.Namespace, engine: str) -> Callable[[], None]:
+    """The project's evaluator with MAML engine ``engine``."""
     from metaacdc.evaluation.evaluator import evaluate
 
     learner, sampler = project_learner(args)
 
     def tasks() -> None:
-        evaluate(learner, sampler, args.eval_tasks, progress=False)
+        evaluate(learner, sampler, args.eval_tasks, progress=False, engine=engine)
 
     return tasks
+
+
+def operator_counts(args: argparse.Namespace) -> dict[str, float]:
+    """ATen operators of one meta-gradient per engine, counted by ``scripts/count_ops.py``
+    on random tasks of this benchmark's shape (5 ways, 16 queries per class)."""
+    settings = argparse.Namespace(
+        backbone=args.backbone,
+        conv=args.conv,
+        group_size=None,
+        image_size=args.image_size,
+        ways=5,
+        shots=args.shots,
+        queries=16,
+        tasks=args.meta_batch,
+        steps=args.inner_steps,
+        first_order=args.first_order,
+        adapt="all",
+        meta_sgd=False,
+    )
+    return {name: count(step).total for name, step in engines(settings).items()}
 
 
 def pooled_evaluation(args: argparse.Namespace) -> tuple[float, float]:
@@ -232,14 +292,20 @@ def child(args: argparse.Namespace, side: str, job: str) -> None:
 
 
 def measurement(args: argparse.Namespace, side: str, job: str) -> dict[str, float]:
+    if job == "ops":
+        return operator_counts(args)
     if job == "train":
-        work = reference_training(args) if side == "reference" else project_training(args)
+        if side == "reference":
+            work = reference_training(args)
+        else:
+            work = project_training(args, batched=side == BATCHED)
         rate = timed_rate(work, args.updates * args.meta_batch)
     elif side == POOL:
         rate, start_up_s = pooled_evaluation(args)
         return {"rate": rate, "start_up_s": start_up_s}
-    elif side in ("project", PLAIN):
-        rate = timed_rate(project_evaluation(args), args.eval_tasks)
+    elif side in ("project", PLAIN, BATCHED):
+        engine = "batched" if side == BATCHED else "learn2learn"
+        rate = timed_rate(project_evaluation(args, engine), args.eval_tasks)
     else:
         rate = timed_rate(reference_evaluation(args, side != "reference"), args.eval_tasks)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -250,6 +316,89 @@ def measure(side: str, job: str) -> dict[str, float]:
     command = [sys.executable, __file__, *sys.argv[1:], "--child", side, job]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+Results = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def measured_sides(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The sides of each job in ``--jobs`` (training and evaluation), less ``--skip``'s."""
+    skipped = {OPTIONAL_SIDES[name] for name in args.skip}
+    return {
+        job: tuple(side for side in sides if side not in skipped)
+        for job, sides in SIDES.items()
+        if job in args.jobs
+    }
+
+
+def median(results: Results, side: str, job: str, key: str) -> float:
+    """The median over the rounds of one side's ``key``."""
+    return statistics.median(r[key] for r in results[(side, job)])
+
+
+def report_rates(results: Results, job: str, sides: tuple[str, ...]) -> None:
+    """Tasks/s of each side of ``job``, its ratio, and the ratios of each round."""
+    target = {"train": 1.2, "eval": 2.0}[job]
+    project = median(results, "project", job, "rate")
+    reference = median(results, "reference", job, "rate")
+    print(f"{'training' if job == 'train' else 'evaluation'}:")
+    for side in sides:
+        rate = median(results, side, job, "rate")
+        note = f"project/this {project / rate:5.2f}"
+        if side in AGAINST_REFERENCE:
+            note = f"this/reference {rate / reference:5.2f}"
+        print(f"  {side:24s} {rate:6.2f} tasks/s   {note}")
+    print(f"  target: project >= {target}x reference")
+    for side, name in (("project", "project"), (BATCHED, "batched")):
+        if side in sides:
+            rounds = zip(results[(side, job)], results[("reference", job)])
+            ratios = sorted(mine["rate"] / theirs["rate"] for mine, theirs in rounds)
+            listed = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"  {name}/reference round by round: {listed}")
+
+
+def report_evaluation_time(
+    results: Results, args: argparse.Namespace, sides: tuple[str, ...]
+) -> None:
+    """The time 3,000 evaluation tasks would take on each evaluation side of the project."""
+    single_minutes = 3000 / median(results, "project", "eval", "rate") / 60
+    if POOL in sides:
+        start_up_s = median(results, POOL, "eval", "start_up_s")
+        pooled_minutes = (start_up_s + 3000 / median(results, POOL, "eval", "rate")) / 60
+        each = sorted((r["start_up_s"] + 3000 / r["rate"]) / 60 for r in results[(POOL, "eval")])
+        print(
+            f"3,000 evaluation tasks: {single_minutes:.1f} min in one process; "
+            f"{pooled_minutes:.1f} min with {args.eval_processes} processes (start-up "
+            f"{start_up_s:.0f} s included; rounds {', '.join(f'{m:.1f}' for m in each)}) "
+            "(target <= 15)"
+        )
+    else:
+        print(f"3,000 evaluation tasks: {single_minutes:.1f} min in one process (target <= 15)")
+    if BATCHED in sides:
+        batched_minutes = 3000 / median(results, BATCHED, "eval", "rate") / 60
+        print(f"3,000 evaluation tasks with the batched engine: {batched_minutes:.1f} min")
+
+
+def report_memory(results: Results, sides: tuple[str, ...]) -> None:
+    """Peak memory of each side's training process, and its ratio to the reference's."""
+    print("peak memory of the training process (RSS):")
+    reference_mb = median(results, "reference", "train", "peak_mb")
+    for side in sides:
+        mb = median(results, side, "train", "peak_mb")
+        print(f"  {side:24s} {mb:6.0f} MB   ratio to reference {mb / reference_mb:.2f}")
+    print("  target: project <= 1.2x reference")
+
+
+def report_operators(counts: dict[str, float]) -> None:
+    """Operators per meta-update of each engine, and batched/learn2learn."""
+    print(
+        "ATen operators per meta-update (scripts/count_ops.py: one meta-gradient after a "
+        "warm-up, optimizer step excluded):"
+    )
+    batched = counts["batched"]
+    for name, total in counts.items():
+        note = "" if name == "batched" else f"   batched/this {batched / total:.3f}"
+        print(f"  {name:30s} {total:7.0f} ops{note}")
 
 
 def main() -> None:
@@ -263,44 +412,20 @@ def main() -> None:
         f"{args.inner_steps} inner steps; training {order} order, meta-batch {args.meta_batch}; "
         f"{torch.get_num_threads()} threads; median of {args.rounds} interleaved rounds"
     )
-    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    jobs = measured_sides(args)
+    results: Results = {}
     for _ in range(args.rounds):
-        for job, sides in SIDES.items():
+        for job, sides in jobs.items():
             for side in sides:
                 results.setdefault((side, job), []).append(measure(side, job))
-
-    def median(side: str, job: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[(side, job)])
-
-    for job, unit, target in (("train", "tasks/s", 1.2), ("eval", "tasks/s", 2.0)):
-        project = median("project", job, "rate")
-        print(f"{'training' if job == 'train' else 'evaluation'}:")
-        for side in SIDES[job]:
-            rate = median(side, job, "rate")
-            note = f"project/this {project / rate:5.2f}"
-            if side in ("project", POOL):
-                note = f"this/reference {rate / median('reference', job, 'rate'):5.2f}"
-            print(f"  {side:24s} {rate:6.2f} {unit}   {note}")
-        print(f"  target: project >= {target}x reference")
-        rounds = zip(results[("project", job)], results[("reference", job)])
-        ratios = sorted(mine["rate"] / theirs["rate"] for mine, theirs in rounds)
-        print(f"  project/reference round by round: {', '.join(f'{r:.2f}' for r in ratios)}")
-    single_minutes = 3000 / median("project", "eval", "rate") / 60
-    start_up_s = median(POOL, "eval", "start_up_s")
-    pooled_minutes = (start_up_s + 3000 / median(POOL, "eval", "rate")) / 60
-    each = sorted((r["start_up_s"] + 3000 / r["rate"]) / 60 for r in results[(POOL, "eval")])
-    print(
-        f"3,000 evaluation tasks: {single_minutes:.1f} min in one process; "
-        f"{pooled_minutes:.1f} min with {args.eval_processes} processes (start-up "
-        f"{start_up_s:.0f} s included; rounds {', '.join(f'{m:.1f}' for m in each)}) "
-        "(target <= 15)"
-    )
-    print("peak memory of the training process (RSS):")
-    reference_mb = median("reference", "train", "peak_mb")
-    for side in SIDES["train"]:
-        mb = median(side, "train", "peak_mb")
-        print(f"  {side:24s} {mb:6.0f} MB   ratio to reference {mb / reference_mb:.2f}")
-    print("  target: project <= 1.2x reference")
+    for job, sides in jobs.items():
+        report_rates(results, job, sides)
+    if "eval" in jobs:
+        report_evaluation_time(results, args, jobs["eval"])
+    if "train" in jobs:
+        report_memory(results, jobs["train"])
+    if "ops" in args.jobs:
+        report_operators(measure("engines", "ops"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Shared fixtures: a fixed seed for every test, and the path to ../shared."""
+"""Shared fixtures: a fixed seed for every test, one intra-op thread where asked, and the
+path to ../shared."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,17 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test module of small operators, which only lose to thread
+    hand-offs (five times slower on two busy cores); restored after the module. Used as
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ from typing import Any
 import torch
 
 from metaacdc.config import TrainConfig, resolve
-from metaacdc.data import CachedSplit, DataFacts, EpisodeSampler, synthetic_split
+from metaacdc.data import (
+    CachedSplit,
+    DataFacts,
+    EpisodeSampler,
+    ManifestSampler,
+    class_files_from_split,
+    freeze,
+    synthetic_split,
+)
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.experiment import build_model, evaluation_transform
@@ -73,6 +81,21 @@ def evaluation_episodes(learner: Learner, seed: int = 0) -> EpisodeSampler:
         shots=1,
         queries=TEST_QUERIES,
         seed=seed,
+        transform=evaluation_transform(learner.config),
+        mean=learner.data.mean,
+        std=learner.data.std,
+    )
+
+
+def frozen_episodes(learner: Learner, tasks: int) -> ManifestSampler:
+    """``tasks`` 5-way 1-shot test tasks of the synthetic data frozen into a manifest (seed
+    0: the tasks of :func:`evaluation_episodes`), replayed with the run's evaluation
+    transform and normalisation."""
+    split = synthetic("test")
+    manifest = freeze(class_files_from_split(split), 5, 1, TEST_QUERIES, tasks, seed=0)
+    return ManifestSampler(
+        split,
+        manifest,
         transform=evaluation_transform(learner.config),
         mean=learner.data.mean,
         std=learner.data.std,

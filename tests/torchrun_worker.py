@@ -33,13 +33,18 @@ def commands(listing: Path, report: Path) -> None:
     from metaacdc.cli import main
 
     learners: list[Any] = []
-    step = trainer_module.meta_train_step
+    step, batched_step = trainer_module.meta_train_step, trainer_module.batched_train_step
 
     def recording(learner: Any, *args: Any, **kwargs: Any) -> Any:
         learners.append(learner)
         return step(learner, *args, **kwargs)
 
+    def recording_batched(engine: Any, *args: Any, **kwargs: Any) -> Any:
+        learners.append(engine.learner)
+        return batched_step(engine, *args, **kwargs)
+
     trainer_module.meta_train_step = recording  # type: ignore[assignment]
+    trainer_module.batched_train_step = recording_batched  # type: ignore[assignment]
     results = []
     with distributed.join("cpu") as world:
         for argv in json.loads(listing.read_text()):

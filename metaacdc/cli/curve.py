@@ -24,6 +24,7 @@ OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("--atoms", "atoms", int),
     ("--seed", "seed", int),
     ("--device", "device", str),
+    ("--engine", "engine", str),
     ("--workers", "workers", int),
 )
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metaacdc.config import ENGINES
 from metaacdc.errors import check_choice, check_positive_int
 
 SPLITS = ("train", "val", "test")
@@ -51,12 +52,19 @@ def add_parser(sub: Any) -> None:
         help="CPU: processes sharing the tasks, each with cores/N threads (faster than one "
         "process with all cores; try the number of cores)",
     )
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="learn2learn (tasks one by one), batched (many tasks at once) or auto "
+        "(default: batched on CUDA, learn2learn on the CPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_choice("--split", args.split, SPLITS)
+    check_choice("--engine", args.engine, ENGINES)
     check_positive_int("--seed", args.seed, minimum=0)
     check_positive_int("--workers", args.workers, minimum=0)
     check_positive_int("--processes", args.processes)
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             processes=args.processes,
             progress=not args.no_progress and sys.stderr.isatty(),
+            engine=args.engine,
         )
     if not world.is_main:
         return 0

@@ -39,6 +39,13 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--adapt", "adapt", str, "all (MAML) or head (adapt only the classifier, ANIL)"),
     ("--seed", "seed", int, "random seed (default 0)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    (
+        "--engine",
+        "engine",
+        str,
+        "learn2learn (tasks one by one), batched (the meta-batch at once) or auto (default: "
+        "batched on CUDA, learn2learn on the CPU; a resumed run keeps its engine)",
+    ),
     ("--workers", "workers", int, "background episode workers (default 2)"),
 )
 FLAGS = (

@@ -1,8 +1,10 @@
 """The evaluator: accuracy over many test tasks, mean ± 95% confidence interval (design §5).
 
 Each task is adapted by :meth:`metaacdc.maml.adaptation.Learner.adapt` (the adaptation API's
-own code path: first-order, on a copy detached from the model) and its queries classified without
-autograd. Tasks are independent: a fresh copy per task, and batch-norm statistics come from
+own code path: first-order, on a copy detached from the model) and its queries classified
+without autograd; with the batched engine, many tasks at once by
+:meth:`~metaacdc.maml.adaptation.Learner.predict_tasks`, the same numbers up to float
+rounding. Tasks are independent: a fresh copy per task, and batch-norm statistics come from
 the task's own support or query batch (no running statistics), so the result does not
 depend on task order, nor on which process evaluates it: under ``torch.distributed`` the
 tasks are shared out and their accuracies gathered back in task order, so the result is the
@@ -16,7 +18,7 @@ CSV columns); tables printed by the CLI show them in percent.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,9 @@ from metaacdc.data.sampler import Episode
 from metaacdc.errors import ConfigError, check_positive_int
 from metaacdc.evaluation.journal import TaskJournal
 from metaacdc.evaluation.pool import EvaluationPool
-from metaacdc.maml.adaptation import Learner, evaluation_mode
+from metaacdc.maml.adaptation import Learner
+from metaacdc.maml.engine import check_engine_supports, choose_engine
+from metaacdc.maml.modes import evaluation_mode
 from metaacdc.runtime import distributed
 from metaacdc.runtime.distributed import World
 from metaacdc.runtime.memory import reuse_freed_memory
@@ -106,6 +110,7 @@ def evaluate(
     world: World | None = None,
     journal: TaskJournal | None = None,
     processes: int = 1,
+    engine: str = "auto",
 ) -> EvalResult:
     """Mean query accuracy of ``learner`` over episodes ``0 .. tasks-1`` of ``sampler``.
 
@@ -130,6 +135,11 @@ def evaluate(
             in this process. A script using it needs the ``if __name__ == "__main__":``
             guard (workers are spawned and import the main module). Not one of the CPU fast
             paths (:mod:`metaacdc.runtime.fast_paths`), whose switch the workers follow.
+        engine: ``learn2learn`` adapts the tasks one by one (:meth:`Learner.adapt`);
+            ``batched`` adapts equally shaped tasks together, as many per call as fit in
+            memory (:meth:`Learner.predict_tasks`): the same accuracies up to float
+            rounding; ``auto`` picks the faster on the learner's device
+            (:func:`metaacdc.maml.engine.choose_engine`).
 
     Returns:
         The per-task accuracies and their mean ± 95% CI (fractions).
@@ -137,7 +147,8 @@ def evaluate(
     Raises:
         ConfigError: ``tasks``, ``inner_steps``, ``workers`` or ``processes`` invalid
             (``processes > 1`` on a GPU, in a ``torch.distributed`` job or with
-            ``workers``), or a task the learner cannot take (more ways than its head).
+            ``workers`` or the batched engine), an unknown engine, or a task the learner
+            cannot take (more ways than its head).
     """
     check_positive_int("tasks", tasks)
     if inner_steps is not None:
@@ -145,6 +156,8 @@ def evaluate(
     check_positive_int("workers", workers, minimum=0)
     world = distributed.current() if world is None else world
     _check_processes(processes, learner, world, workers)
+    engine = choose_engine(engine, learner.device)
+    check_engine_supports(engine, processes=processes)
     numbers = world.shard(tasks)  # the task numbers of this process's tasks
     mine = len(numbers)
     local = ShardedSampler(sampler, world.size, [world.rank]) if world.distributed else sampler
@@ -173,6 +186,8 @@ def evaluate(
             if processes > 1 and todo:
                 pool = stack.enter_context(EvaluationPool(work, local, min(processes, len(todo))))
                 results = ((todo[j], accuracy) for j, accuracy in pool.results(todo))
+            elif engine == "batched":
+                results = _batched_accuracies(learner, zip(todo, episodes), inner_steps)
             else:
                 results = ((k, work(episode)) for k, episode in zip(todo, episodes))
             for done, (k, accuracy) in enumerate(results, start=mine - len(todo) + 1):
@@ -186,6 +201,45 @@ def evaluate(
         if journal is not None:
             journal.close()
     return EvalResult.from_accuracies(distributed.gather_strided(accuracies, tasks, world))
+
+
+def _batched_accuracies(
+    learner: Learner, numbered: Iterable[tuple[int, Episode]], inner_steps: int | None
+) -> Iterator[tuple[int, float]]:
+    """``(k, accuracy)`` of each numbered episode, adapted by the batched engine: runs of
+    consecutive equally shaped episodes, as many per call as fit in memory (an episode of
+    another shape starts a new call; nothing is padded)."""
+    pending: list[tuple[int, Episode]] = []
+    size = 0
+    for k, episode in numbered:
+        if pending and (len(pending) == size or _shape(episode) != _shape(pending[0][1])):
+            yield from _accuracies_of(learner, pending, inner_steps)
+            pending = []
+        if not pending:
+            size = learner.tasks_per_batch(episode.support_x, episode.support_y)
+        pending.append((k, episode))
+    if pending:
+        yield from _accuracies_of(learner, pending, inner_steps)
+
+
+def _shape(episode: Episode) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(tensor.shape) for tensor in episode[:4])
+
+
+def _accuracies_of(
+    learner: Learner, numbered: list[tuple[int, Episode]], inner_steps: int | None
+) -> Iterator[tuple[int, float]]:
+    """The accuracies of equally shaped episodes, adapted in one batched call."""
+    support_x, support_y, query_x, query_y = (
+        torch.stack([episode[i] for _, episode in numbered]) for i in range(4)
+    )
+    predicted = learner.predict_tasks(
+        support_x, support_y, query_x, steps=inner_steps, tasks_per_batch=len(numbered)
+    )
+    assert isinstance(predicted, torch.Tensor)
+    hits = (predicted == query_y.to(predicted.device)).double().mean(1).tolist()
+    for (k, _), accuracy in zip(numbered, hits):
+        yield k, accuracy
 
 
 def _check_processes(processes: int, learner: Learner, world: World, workers: int) -> None:

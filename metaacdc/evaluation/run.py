@@ -49,6 +49,7 @@ def evaluate_run(
     workers: int = 0,
     processes: int = 1,
     progress: bool = True,
+    engine: str = "auto",
 ) -> RunEvaluation:
     """Evaluate run folder ``run`` on ``tasks`` tasks (default 3000, or a whole manifest)
     and write the per-task CSV to ``RUN_DIR/eval/<split>-<seed or manifest>-<n>tasks-<k>steps
@@ -57,7 +58,8 @@ def evaluate_run(
     call after an interruption evaluates only the missing tasks. Another process
     evaluating the same tasks meanwhile is refused (``RunBusyError``, see
     :mod:`metaacdc.runs.lock`). ``processes`` > 1 shares the tasks out to worker processes
-    on this machine (CPU; see :mod:`metaacdc.evaluation.pool`)."""
+    on this machine (CPU; see :mod:`metaacdc.evaluation.pool`); ``engine`` is the
+    evaluator's (:func:`metaacdc.evaluation.evaluate`)."""
     if not Path(run).is_dir():
         raise FileNotFoundError(f"{run}: run folder not found")
     world = distributed.current()
@@ -106,6 +108,7 @@ def evaluate_run(
             world=world,
             journal=journal,
             processes=processes,
+            engine=engine,
         )
         # evaluate() gathered every process's accuracies: all journals are complete
         if world.is_main:

@@ -8,8 +8,7 @@ adapted to any number of tasks in turn.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,21 +19,11 @@ from metaacdc.data.images import ImageLike, ImagePreprocessor
 from metaacdc.data.normalise import Normalise
 from metaacdc.data.transforms import eval_transform_for
 from metaacdc.errors import ConfigError, check_positive_int
+from metaacdc.maml.batched import BatchedMAML
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.maml.learner import MetaLearner, TaskLearner, adapt_task
-
-
-@contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode (atom-drop off) within the block; every submodule's own mode
-    is back afterwards, so validation leaves a training meta-learner as it found it."""
-    modes = [(child, child.training) for child in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for child, training in modes:
-            child.training = training
+from metaacdc.maml.modes import evaluation_mode
+from metaacdc.runtime.budget import pieces_that_fit
 
 
 class FirstLogits(nn.Module):
@@ -93,6 +82,8 @@ class Learner:
         self.data = data
         self.device = device
         transform = eval_transform_for(config.dataset, config.augment)
+        self._engine: BatchedMAML | None = None
+        self._task_bytes: dict[tuple[object, ...], int] = {}
         self._preprocess = ImagePreprocessor(
             data.channels,
             data.image_size,
@@ -189,10 +180,7 @@ class Learner:
         steps = self.config.test_inner_steps if steps is None else steps
         check_positive_int("steps", steps, minimum=0)
         assert steps is not None
-        if lr is not None and (
-            isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0
-        ):
-            raise ConfigError(f"lr={lr!r} is not valid; expected a positive number")
+        _check_lr(lr)
         with torch.enable_grad():  # also when called under torch.no_grad()
             task = self.meta.task_learner(first_order=True, detached=True)
             if lr is not None:
@@ -238,6 +226,81 @@ class Learner:
         predicted = logits.argmax(1)
         return (predicted, logits) if return_logits else predicted
 
+    def predict_tasks(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        return_logits: bool = False,
+        tasks_per_batch: int | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:meth:`predict` for many tasks at once, by the batched engine
+        (:mod:`metaacdc.maml.batched`): the tasks are adapted together, as many per call as
+        fit in memory, each exactly as :meth:`predict` adapts it alone (up to float
+        rounding). On a GPU this is many times faster than a loop over :meth:`predict`.
+
+        Args:
+            support_x: ``(T, S, C, H, W)`` float support images, ``T`` tasks of one shape.
+            support_y: ``(T, S)`` int64 labels; each task's are ``0..N-1``, one ``N`` for
+                every task.
+            query_x: ``(T, Q, C, H, W)`` float query images.
+            steps, lr: as for :meth:`adapt`.
+            return_logits: also return the ``(T, Q, N)`` logits.
+            tasks_per_batch: tasks adapted per call; default :meth:`tasks_per_batch`.
+
+        Returns:
+            ``(T, Q)`` int64 predicted labels (on :attr:`device`), and the logits when asked.
+
+        Raises:
+            ConfigError: inputs of a wrong type, shape, dtype or label set (tasks of
+                different shapes or ways are refused: predict them in separate calls).
+        """
+        ways = self._check_tasks(support_x, support_y, query_x)
+        steps = self.config.test_inner_steps if steps is None else steps
+        assert steps is not None
+        _check_lr(lr)
+        support_x, support_y, query_x = (t.to(self.device) for t in (support_x, support_y, query_x))
+        if tasks_per_batch is None:
+            tasks_per_batch = self.tasks_per_batch(support_x[0], support_y[0])
+        check_positive_int("tasks_per_batch", tasks_per_batch)
+        engine = self._batched_engine()
+        logits = torch.cat(
+            [
+                engine.adapted_logits(
+                    support_x[start : start + tasks_per_batch],
+                    support_y[start : start + tasks_per_batch],
+                    query_x[start : start + tasks_per_batch],
+                    steps,
+                    lr=lr,
+                    ways=ways,
+                )
+                for start in range(0, len(support_x), tasks_per_batch)
+            ]
+        )
+        predicted = logits.argmax(-1)
+        return (predicted, logits) if return_logits else predicted
+
+    def tasks_per_batch(self, support_x: Tensor, support_y: Tensor) -> int:
+        """How many tasks like this one (``support_x`` ``(S, C, H, W)``, ``support_y``
+        ``(S,)``) :meth:`predict_tasks` adapts per call: as many as fit in a share of the
+        device's free memory (:func:`metaacdc.runtime.budget.pieces_that_fit`), measured
+        from the activations one task's inner step keeps."""
+        key = (tuple(support_x.shape), support_x.dtype)
+        if key not in self._task_bytes:
+            with evaluation_mode(self.meta):
+                self._task_bytes[key] = self._batched_engine().adaptation_bytes(
+                    support_x.to(self.device), support_y.to(self.device)
+                )
+        return pieces_that_fit(self._task_bytes[key], self.device)
+
+    def _batched_engine(self) -> BatchedMAML:
+        if self._engine is None:
+            self._engine = BatchedMAML(self.meta)
+        return self._engine
+
     # ------------------------------------------------------------------- validation
 
     def _check_images(self, name: str, images: object) -> None:
@@ -260,6 +323,39 @@ class Learner:
             raise ConfigError(f"{name} has shape {tuple(images.shape)}; expected {expected}")
         if images.shape[0] == 0:
             raise ConfigError(f"{name} is empty; give at least one image per class")
+
+    def _check_tasks(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> int:
+        """Validate stacked tasks for :meth:`predict_tasks`; returns their N."""
+        for name, tensor in (("support_x", support_x), ("query_x", query_x)):
+            if not isinstance(tensor, Tensor) or tensor.dim() != 5:
+                got = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+                raise ConfigError(
+                    f"{name} must be a (T, N, {self.channels}, {self.image_size}, "
+                    f"{self.image_size}) tensor of T tasks, got {got}"
+                )
+        if len(query_x) != len(support_x):
+            raise ConfigError(
+                f"support_x holds {len(support_x)} tasks but query_x {len(query_x)}; "
+                "give one query set per task"
+            )
+        if not isinstance(support_y, Tensor) or support_y.dim() != 2:
+            got = tuple(support_y.shape) if isinstance(support_y, Tensor) else type(support_y)
+            raise ConfigError(f"support_y must be a (T, S) tensor of labels, got {got}")
+        if len(support_y) != len(support_x):
+            raise ConfigError(
+                f"support_y holds {len(support_y)} tasks but support_x {len(support_x)}"
+            )
+        if len(support_x) == 0:
+            raise ConfigError("no task given; stack at least one task along the first dimension")
+        ways = [self._check_support(x, y) for x, y in zip(support_x, support_y)]
+        for index, query in enumerate(query_x):
+            self._check_images(f"query_x[{index}]", query)
+        if len(set(ways)) > 1:
+            raise ConfigError(
+                f"the tasks have {sorted(set(ways))} ways; predict_tasks takes tasks of one "
+                "N (predict the others in another call)"
+            )
+        return ways[0]
 
     def _check_support(self, support_x: Tensor, support_y: Tensor) -> int:
         """Validate a support set; returns N, its number of classes."""
@@ -287,3 +383,8 @@ class Learner:
                 f"outputs; tasks of 2 to {self.ways} ways are accepted"
             )
         return ways
+
+
+def _check_lr(lr: float | None) -> None:
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
+        raise ConfigError(f"lr={lr!r} is not valid; expected a positive number")

@@ -29,15 +29,15 @@ What it reproduces of the learn2learn engine, up to float rounding:
   task itself draws them (:mod:`metaacdc.maml.atom_drop`), so they are the learn2learn
   engine's masks, whatever tasks share the batch.
 
-Meta-SGD with a shared tensor is the one case where it is not learn2learn's result:
-learn2learn's ``meta_sgd_update`` keeps no memo of updated tensors, so after one inner step
-only the first module holding a shared tensor sees the update (and the tensors' pairing with
-the step sizes is off from then on). This engine updates a shared tensor once and every
-holder reads it (checked against an independent per-task loop in the tests).
+Meta-SGD updates a shared tensor once and every holder reads it, as the learn2learn
+engine's :func:`~metaacdc.maml.learner.meta_sgd_step` does (learn2learn's own
+``meta_sgd_update`` keeps no memo and unties shared tensors after one step).
 
 A meta-update makes no host synchronisation (no ``.item()``, no branch on tensor values): the
-loss and the per-task hits come back as tensors. Not supported yet: autocast (``amp``; vmap's
-batched convolution skips its casts, so a call under autocast is refused), batch norm with
+loss and the per-task hits come back as tensors. Under autocast (``amp``) the convolutions
+take autocast's lower precision as they do outside vmap (vmap's batched convolution skips
+autocast's casts, so :mod:`metaacdc.maml.task_rules` makes them) and the query loss is
+computed in float32, as the learn2learn engine computes it. Not supported: batch norm with
 running statistics (refused), tasks of different shapes in one batch (refused, never
 padded).
 
@@ -58,10 +58,10 @@ from torch import Tensor, nn
 from metaacdc.acdc.layer import ACDCConv2d
 from metaacdc.data import Episode
 from metaacdc.errors import ConfigError, check_positive_int
-from metaacdc.maml.adaptation import evaluation_mode
 from metaacdc.maml.atom_drop import MaskDraw, draw_masks, plan_draws
 from metaacdc.maml.l2l import learn2learn as l2l
-from metaacdc.maml.learner import MetaLearner
+from metaacdc.maml.learner import MetaLearner, loss_precision
+from metaacdc.maml.modes import evaluation_mode
 from metaacdc.maml.task_batch import TaskBatch, checked_batch, stack_tasks
 from metaacdc.maml.task_forward import Params, tasks_forward
 
@@ -291,9 +291,8 @@ class BatchedMAML:
         does; zero them before, as ``optimizer.zero_grad()`` does in the training step).
 
         This is what :func:`metaacdc.training.step.meta_train_step` does before its
-        optimizer step, for the whole meta-batch at once. (Not under autocast: vmap's
-        batched convolution skips autocast's casts, so the training step's ``amp`` has no
-        batched counterpart yet.)
+        optimizer step, for the whole meta-batch at once. Called under autocast, the
+        forward passes run in autocast's precision (see the module's notes).
 
         Args:
             tasks: the meta-batch, equally shaped episodes (or a :class:`TaskBatch`), on any
@@ -309,23 +308,18 @@ class BatchedMAML:
 
         Raises:
             ConfigError: tasks of different shapes, a wrong number of seeds, a bad
-                ``inner_steps``, a call under autocast.
+                ``inner_steps``.
         """
         check_positive_int("inner_steps", inner_steps, minimum=0)
         batch = self._batch(tasks)
         assert batch.query_y is not None
         seeds = self._seeds(task_seeds, batch.tasks)
-        if torch.is_autocast_enabled(batch.support_x.device.type):
-            raise ConfigError(
-                "the batched engine does not run under autocast (amp) yet; train amp runs "
-                "with the learn2learn engine"
-            )
         first_order = bool(self.learner.first_order)
         params, masks = self._adapted_params(
             batch, inner_steps, seeds, query_masks=True, create_graph=not first_order
         )
         logits = self._logits(params, batch.query_x, masks[inner_steps], None)
-        task_losses = _task_losses(logits, batch.query_y)
+        task_losses = _task_losses(loss_precision(logits), batch.query_y)
         loss = task_losses.sum()
         loss.backward()
         hits = (logits.detach().argmax(-1) == batch.query_y).sum(-1)
@@ -410,6 +404,22 @@ class BatchedMAML:
         )
         return (logits.argmax(-1) == batch.query_y).double().mean(-1)
 
+    def adaptation_bytes(self, support_x: Tensor, support_y: Tensor) -> int:
+        """Bytes autograd keeps for one inner step of one task on ``support_x``
+        ``(S, C, H, W)``: the activation memory each task of an :meth:`adapted_logits`
+        call adds (what sizes a batch of tasks to the free memory)."""
+        saved = 0
+
+        def count(tensor: Tensor) -> Tensor:
+            nonlocal saved
+            saved += tensor.numel() * tensor.element_size()
+            return tensor
+
+        batch = checked_batch(support_x[None], support_y[None], support_x[None, :1])
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(count, _unpacked):
+            self._adapted_params(batch, 1, [None], query_masks=False, detached=True)
+        return saved
+
     # ------------------------------------------------------------------ validation
 
     def _device(self) -> torch.device:
@@ -431,6 +441,10 @@ class BatchedMAML:
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _unpacked(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def _summed_task_losses(logits: Tensor, labels: Tensor) -> Tensor:

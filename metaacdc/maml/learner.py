@@ -4,7 +4,6 @@ whole network or only its head (ANIL-style), and the one adaptation loop every c
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +49,29 @@ def _contiguous(grad: Tensor) -> Tensor:
     return grad.contiguous()
 
 
+def meta_sgd_step(learner: l2l.algorithms.MetaSGD, loss: Tensor, first_order: bool) -> None:
+    """One Meta-SGD inner step on ``learner``'s module, in place: each distinct parameter
+    tensor ``p`` becomes ``p - lr_p * g_p`` once (``g_p`` its gradient, summed over every
+    module holding it; ``lr_p`` the step size the wrapper pairs with it, in the order of
+    ``module.parameters()``), and every module holding ``p`` reads the updated tensor.
+
+    learn2learn's ``meta_sgd_update`` keeps no memo: only the first module holding a shared
+    tensor (an ACDC coefficient tensor, an anchored kernel) got the update, the others kept
+    the old tensor, and from the next step the tensors' pairing with the step sizes was off
+    (a crash where the shapes differ). Without shared tensors this is its update, operation
+    for operation. Second order, the gradients are taken with ``create_graph=True``, so the
+    update is differentiable in the meta-parameters and in the step sizes.
+    """
+    second_order = not first_order
+    params = list(learner.module.parameters())  # each shared tensor once
+    grads = torch.autograd.grad(loss, params, retain_graph=second_order, create_graph=second_order)
+    updated = {id(p): p - lr * g for p, lr, g in zip(params, learner.lrs, grads, strict=True)}
+    for module in learner.module.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[name] = updated[id(param)]
+
+
 class TaskLearner:
     """One task's copy of the model: ``learner(x)`` gives logits of the adapted model,
     ``learner.adapt(loss)`` takes one inner SGD step on a loss of
@@ -89,9 +111,12 @@ class TaskLearner:
         return self.logits_in(x, self.layouts.query)
 
     def adapt(self, loss: Tensor) -> None:
-        with warnings.catch_warnings():
-            # learn2learn's Meta-SGD update reads .grad of non-leaf tensors (harmless)
-            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor")
+        """One inner SGD step on ``loss``, in place: learn2learn's MAML update, or for
+        Meta-SGD :func:`meta_sgd_step` (which keeps a tensor shared by several modules
+        shared)."""
+        if isinstance(self.head, l2l.algorithms.MetaSGD):
+            meta_sgd_step(self.head, loss, self.first_order)
+        else:
             self.head.adapt(loss, first_order=self.first_order)  # type: ignore[operator]
         self._hand_back_pending = (
             not self.first_order and self.layouts.query != self.layouts.support
@@ -137,7 +162,8 @@ class MetaLearner(nn.Module):
         first_order: drop second-order terms (CloserLook's ``maml_approx``).
         adapt: ``"all"`` adapts every parameter; ``"head"`` only the linear head, the
             features being meta-learned but frozen within a task (ANIL).
-        meta_sgd: learn one inner step size per parameter (``learn2learn.algorithms.MetaSGD``).
+        meta_sgd: learn one inner step size per parameter (``learn2learn.algorithms.MetaSGD``;
+            its inner step is :func:`meta_sgd_step`).
 
     Its task copies take the CPU fast paths (fused batch-norm double backward, channels-last
     layouts) unless a ``cpu_fast_paths(False)`` block (:mod:`metaacdc.runtime.fast_paths`)
@@ -171,6 +197,8 @@ class MetaLearner(nn.Module):
         head = self.wrapped.clone()  # MAML and MetaSGD; the order is chosen in adapt()
         if detached:
             l2l.utils.detach_module(head, keep_requires_grad=True)
+            if isinstance(head, l2l.algorithms.MetaSGD):  # its step sizes, a plain list
+                head.lrs = [lr.detach() for lr in head.lrs]
         features = None if self.adapt_scope == "all" else self.model.features
         return TaskLearner(features, head, order, task_layouts(order))
 
@@ -179,6 +207,14 @@ def adapt_task(learner: TaskLearner, support_x: Tensor, support_y: Tensor, steps
     """``steps`` inner SGD steps on the support set's cross-entropy, in place."""
     for _ in range(steps):
         learner.adapt(F.cross_entropy(learner.support_logits(support_x), support_y))
+
+
+def loss_precision(logits: Tensor) -> Tensor:
+    """``logits`` in at least float32 for the query loss: autocast's half-precision logits
+    upcast, float32 and float64 logits as they are."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
 
 
 @torch.no_grad()

@@ -55,15 +55,23 @@ def stack_tasks(tasks: Sequence[Episode], device: torch.device) -> TaskBatch:
                     "batched engine runs equally shaped tasks only (batch tasks by shape)"
                 )
     # images stacked task-minor in memory, (N, T, ...): the layout batched convolutions
-    # take without a copy (see BatchedMAML._vmapped); labels task-major
-    images = [
-        torch.stack([task[i] for task in tasks], 1).to(device, non_blocking=True).transpose(0, 1)
-        for i in (0, 2)
-    ]
-    labels = [
-        torch.stack([task[i] for task in tasks]).to(device, non_blocking=True) for i in (1, 3)
-    ]
+    # take without a copy (see task_forward.tasks_forward); labels task-major
+    images = [_stacked(tasks, i, 1, device).transpose(0, 1) for i in (0, 2)]
+    labels = [_stacked(tasks, i, 0, device) for i in (1, 3)]
     return TaskBatch(images[0], labels[0], images[1], labels[1])
+
+
+def _stacked(tasks: Sequence[Episode], field: int, dim: int, device: torch.device) -> Tensor:
+    """Field ``field`` of every task stacked along ``dim``, on ``device``. Episodes in pinned
+    memory (the loader's, for a GPU) are stacked into pinned memory, so that the copy to the
+    GPU does not block."""
+    parts = [task[field] for task in tasks]
+    pinned = device.type == "cuda" and parts[0].is_pinned()
+    shape = list(parts[0].shape)
+    shape.insert(dim, len(parts))
+    out = torch.empty(shape, dtype=parts[0].dtype, pin_memory=pinned)
+    torch.stack(parts, dim, out=out)
+    return out.to(device, non_blocking=True)
 
 
 def checked_batch(

@@ -148,6 +148,16 @@ def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: s
     return args[index] if len(args) > index else kwargs.get(name)
 
 
+def _autocast_cast(args: tuple[Any, ...], device_type: str) -> tuple[Any, ...]:
+    """A convolution's tensor arguments in autocast's lower precision: what autocast does
+    to a convolution outside vmap, and skips for vmap's batched convolution."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        arg.to(dtype) if isinstance(arg, Tensor) and arg.is_floating_point() else arg
+        for arg in args
+    )
+
+
 class _TasksBesideChannels(TorchFunctionMode):
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -171,6 +181,8 @@ class _TasksBesideChannels(TorchFunctionMode):
             # vmap runs an in-place op on a view of the batched tensor, which autograd then
             # copies back and forth whole; nn.ReLU(inplace=True) uses the result only
             return F.relu(args[0])
+        elif func is F.conv2d and torch.is_autocast_enabled(args[0].device.type):
+            return func(*_autocast_cast(args, args[0].device.type), **kwargs)
         elif func in _POOLS and args and args[0].dim() == 4:
             index = _POOLS[func]
             if index is None or not _argument(args, kwargs, index, "return_indices"):
@@ -181,6 +193,7 @@ class _TasksBesideChannels(TorchFunctionMode):
 @contextmanager
 def tasks_beside_channels() -> Iterator[None]:
     """Within the block (inside a function vmapped over tasks), batch norm with batch
-    statistics and per-channel pooling run by the rules of this module."""
+    statistics and per-channel pooling run by the rules of this module, and convolutions
+    under autocast take autocast's lower precision."""
     with _TasksBesideChannels():
         yield

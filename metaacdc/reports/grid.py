@@ -116,6 +116,7 @@ def run_grid(
                     episodes=manifest,
                     processes=processes,
                     progress=sys.stderr.isatty(),
+                    engine=config.engine,
                 )
                 log(f"  {outcome.result}")
             else:

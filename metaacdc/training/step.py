@@ -1,4 +1,5 @@
-"""One meta-update: adapt to each task of a meta-batch, sum the query losses, one step."""
+"""One meta-update: adapt to each task of a meta-batch, sum the query losses, one step; with
+the learn2learn engine (task after task) or the batched engine (all tasks at once)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from metaacdc.data import Episode
-from metaacdc.maml.learner import MetaLearner, adapt_task
+from metaacdc.maml.batched import BatchedMAML
+from metaacdc.maml.learner import MetaLearner, adapt_task, loss_precision
 from metaacdc.runtime import distributed
 from metaacdc.runtime.distributed import World
 
@@ -101,7 +103,7 @@ def meta_train_step(
                 task_learner = learner.task_learner()
                 adapt_task(task_learner, support_x, support_y, inner_steps)
                 logits = task_learner(query_x)
-                loss = F.cross_entropy(logits.float(), query_y)
+                loss = F.cross_entropy(loss_precision(logits), query_y)
             loss.backward()
         hits = (logits.detach().argmax(1) == query_y).sum()
         if shared is not None:
@@ -121,3 +123,46 @@ def meta_train_step(
     optimizer.step()
     # one synchronisation per meta-update, not per task
     return StepStats(loss=float(total_loss), accuracy=float(correct) / count, sync_s=sync_s)
+
+
+def batched_train_step(
+    engine: BatchedMAML,
+    tasks: Sequence[Episode],
+    optimizer: torch.optim.Optimizer,
+    inner_steps: int,
+    *,
+    amp: bool = False,
+    task_seeds: Sequence[int] | None = None,
+    world: World | None = None,
+) -> StepStats:
+    """:func:`meta_train_step` with the batched engine: this process's tasks adapted
+    together as one vectorised computation (:meth:`BatchedMAML.meta_gradient`), then one
+    optimizer step. The same arguments (the device is the model's), the same result up to
+    float rounding.
+
+    With several processes each batches its own share; the shares' gradients are then
+    summed in rank order (:class:`metaacdc.runtime.distributed.TaskGradients` with one row
+    per process), so the step does not depend on which process finishes first.
+    """
+    world = distributed.current() if world is None else world
+    device = next(engine.learner.parameters()).device
+    optimizer.zero_grad(set_to_none=True)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    )
+    with autocast:
+        result = engine.meta_gradient(tasks, inner_steps, task_seeds)
+    queries = result.queries * len(result.hits)
+    totals = torch.stack(
+        [result.loss.float(), result.hits.sum().float(), result.loss.new_tensor(queries).float()]
+    )
+    sync_s = 0.0
+    if world.distributed:
+        shared = distributed.TaskGradients(list(engine.learner.parameters()), 3)
+        shared.take(totals)
+        started = time.perf_counter()
+        totals = shared.sum(world)
+        sync_s = time.perf_counter() - started
+    optimizer.step()
+    loss, correct, count = totals.tolist()  # one synchronisation per meta-update
+    return StepStats(loss=loss, accuracy=correct / count, sync_s=sync_s)

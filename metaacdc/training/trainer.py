@@ -8,6 +8,7 @@ depends on the number of processes, so a run can be resumed with another number.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -26,6 +27,8 @@ from metaacdc.data.sampler import task_seed
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.adaptation import Learner
+from metaacdc.maml.batched import BatchedMAML
+from metaacdc.maml.engine import choose_engine
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.checkpoint import load_checkpoint
 from metaacdc.runs.experiment import (
@@ -39,12 +42,14 @@ from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
 from metaacdc.runtime.device import resolve_device
 from metaacdc.training.state import TrainState
-from metaacdc.training.step import StepStats, meta_train_step
+from metaacdc.training.step import StepStats, batched_train_step, meta_train_step
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
 VALIDATION_SEED = 0
 #: Settings that may differ when a run is resumed (they do not change its result on CPU).
 RUNTIME_SETTINGS = ("device", "workers")
+#: What a setting added since was in runs saved before it existed.
+_SAVED_BEFORE = {"engine": "learn2learn"}
 #: Columns of a run's metrics.csv: one row per validation.
 METRICS = ("step", "loss", "accuracy", "val_accuracy", "val_ci95", "tasks_per_s", "elapsed_s")
 
@@ -77,6 +82,7 @@ class RunSummary:
 
 def _check_same_run(saved: dict, config: TrainConfig, where: Path) -> None:
     current = config.to_dict()
+    saved = {**_SAVED_BEFORE, **saved}
     different = [
         f"{key}: {saved.get(key)!r} -> {current[key]!r}"
         for key in current
@@ -171,6 +177,9 @@ def _train_claimed(
                 "another --out"
             )
         payload = load_checkpoint(folder.last)
+        if config.engine == "auto":  # a resumed run keeps the engine it was trained with
+            saved_engine = payload["config"].get("engine", _SAVED_BEFORE["engine"])
+            config = dataclasses.replace(config, engine=saved_engine)
         _check_same_run(payload["config"], config, folder.root)
     session = _Session(config, folder, world, payload)
     remaining = session.remaining(stop_after)
@@ -195,8 +204,10 @@ class _Session:
         payload: dict[str, Any] | None,
     ) -> None:
         assert config.meta_updates is not None and config.test_inner_steps is not None
-        self.config, self.folder, self.world = config, folder, world
         self.device = world.device_for(resolve_device(config.device))
+        # the run folder records the engine auto chose, which a resumed run keeps
+        config = dataclasses.replace(config, engine=choose_engine(config.engine, self.device))
+        self.config, self.folder, self.world = config, folder, world
         torch.manual_seed(config.seed)
         with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
             splits = open_splits(config, ("train", "val"))
@@ -206,6 +217,7 @@ class _Session:
             model, config.inner_lr, bool(config.first_order), config.adapt, config.meta_sgd
         ).to(self.device)
         self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
+        self.batched = BatchedMAML(self.learner) if config.engine == "batched" else None
         self.state = TrainState()
         if payload is not None:
             self.learner.load_state_dict(payload["model"])
@@ -268,6 +280,7 @@ class _Session:
             self.config.val_tasks,
             inner_steps=self.config.test_inner_steps,
             progress=False,
+            engine=self.config.engine,
         )
         improved = state.best_val is None or result.mean > state.best_val
         if improved:
@@ -350,16 +363,28 @@ class _Session:
             TrainingDivergedError: the meta-loss is not finite (nothing is saved of it).
         """
         config, step = self.config, self.state.step
-        stats = meta_train_step(
-            self.learner,
-            tasks,
-            self.optimizer,
-            config.inner_steps,
-            self.device,
-            config.amp,
-            task_seeds=[task_seed(config.seed, step * config.meta_batch + i) for i in self.mine],
-            world=self.world,
-        )
+        seeds = [task_seed(config.seed, step * config.meta_batch + i) for i in self.mine]
+        if self.batched is not None:
+            stats = batched_train_step(
+                self.batched,
+                tasks,
+                self.optimizer,
+                config.inner_steps,
+                amp=config.amp,
+                task_seeds=seeds,
+                world=self.world,
+            )
+        else:
+            stats = meta_train_step(
+                self.learner,
+                tasks,
+                self.optimizer,
+                config.inner_steps,
+                self.device,
+                config.amp,
+                task_seeds=seeds,
+                world=self.world,
+            )
         if not math.isfinite(stats.loss):
             raise TrainingDivergedError(step + 1, stats.loss)
         self.state.step += 1

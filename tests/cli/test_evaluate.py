@@ -165,6 +165,8 @@ def small_cache(tmp_path: Path) -> Path:
         (lambda run, tmp: [run, "--data", str(tmp / "nothing")], "not found"),
         (lambda run, tmp: [run, "--processes", "0"], "--processes=0"),
         (lambda run, tmp: [run, "--processes", "2", "--workers", "1"], "workers=1 with"),
+        (lambda run, tmp: [run, "--engine", "jax"], "--engine='jax'"),
+        (lambda run, tmp: [run, "--engine", "batched", "--processes", "2"], "--processes 1"),
     ],
     ids=[
         "no-checkpoint",
@@ -179,6 +181,8 @@ def small_cache(tmp_path: Path) -> Path:
         "data-missing",
         "processes",
         "processes-and-workers",
+        "engine",
+        "batched-and-processes",
     ],
 )
 def test_errors_are_one_line(

@@ -17,15 +17,11 @@ from metaacdc.api import Learner
 from metaacdc.data import (
     Episode,
     EpisodeSampler,
-    ManifestSampler,
-    class_files_from_split,
-    freeze,
 )
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation.evaluator import EvalResult, confidence_95, evaluate
 from metaacdc.maml.l2l import learn2learn as l2l
-from metaacdc.runs.experiment import evaluation_transform
-from tests.tiny_runs import TEST_QUERIES, synthetic
+from tests.tiny_runs import frozen_episodes, synthetic
 
 TASKS = 6
 
@@ -69,15 +65,7 @@ def test_evaluator_equals_learn2learn_by_hand(
 def test_a_frozen_manifest_gives_identical_numbers_twice(
     learner: Learner, sampler: EpisodeSampler, result: EvalResult
 ) -> None:
-    split = synthetic("test")
-    manifest = freeze(class_files_from_split(split), 5, 1, TEST_QUERIES, TASKS, seed=0)
-    frozen = ManifestSampler(
-        split,
-        manifest,
-        transform=evaluation_transform(learner.config),
-        mean=learner.data.mean,
-        std=learner.data.std,
-    )
+    frozen = frozen_episodes(learner, TASKS)
     first = evaluate(learner, frozen, TASKS, progress=False)
     second = evaluate(learner, frozen, TASKS, progress=False)
     assert np.array_equal(first.accuracies, second.accuracies)

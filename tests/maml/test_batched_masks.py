@@ -3,8 +3,6 @@ seed whatever tasks share the batch; its batched evaluation equals ``Learner.ada
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -29,12 +27,7 @@ from tests.maml.test_batched import (
 DRAWS = (MaskDraw((8, 1, 1), 0.9), MaskDraw((4, 8, 1, 1), 0.9), MaskDraw((3,), 0.5))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_one_draw_per_task_gives_the_numbers_of_separate_draws() -> None:

@@ -245,6 +245,7 @@ def test_acdc_flag_maps_to_conv_spec(tmp_path: Path) -> None:
         (["--acdc", "all"], "--acdc='all' is not valid"),
         (["--config", "/no/such.yaml"], "config file not found"),
         (["--inner-lr", "-1"], "inner_lr=-1.0 is not valid"),
+        (["--engine", "jax"], "engine='jax' is not valid"),
         (["--device", "cuda:7"], "not available"),  # no CUDA, or fewer than 8 GPUs
     ],
 )
