@@ -18,13 +18,24 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# It runs .venv/bin/python as it finds it, and creates .venv with `make venv`
-# (scripts/bootstrap.sh) only where there is none. Creating it installs torch's CUDA build
-# and the project's tools from the package registry: this assumes the machine can reach it
-# (or has the wheels cached) and that it fits in the budget. Where neither holds, set
-# GPU_CHECK_PYTHON to an interpreter that already has torch and the project's other
-# dependencies (learn2learn, higher, gym, pandas, pytest, ...); the repository is put on
-# PYTHONPATH, so metaacdc itself need not be installed.
+# Its interpreter, the first that applies (the repository is put on PYTHONPATH, so
+# metaacdc itself need not be installed):
+#   GPU_CHECK_PYTHON   an interpreter that already has torch and the project's other
+#                      dependencies (learn2learn, higher, gym, pandas, pytest, ...)
+#   .venv/bin/python   as it finds it
+#   python3 + .whl/    where there is no .venv but a folder .whl/ (made here by
+#                      scripts/device_wheels.sh): its wheels are installed, without the
+#                      network, into /tmp/site (step `wheels`), which goes on PYTHONPATH
+#                      after the repository; for a machine whose python3 has torch and the
+#                      rest but not learn2learn, higher and gym, such as the lent
+#                      nvidia-h200 one (its python3 is CPython 3.12; .whl/ is built for
+#                      it). There, through the device tool:
+#                          run(command="bash scripts/gpu_check.sh", carry=[".whl"],
+#                              timeout_s=480)
+#   make venv          otherwise it creates .venv (scripts/bootstrap.sh, step `venv`),
+#                      installing torch's CUDA build and the project's tools from the
+#                      package registry: this assumes the machine can reach it (or has the
+#                      wheels cached) and that it fits in the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +69,14 @@ step() {
 }
 
 if [ -z "${GPU_CHECK_PYTHON:-}" ] && [ ! -x "$PY" ]; then
-    step venv 240 make venv
+    if [ -d .whl ]; then
+        step wheels 60 python3 -m pip install -q --no-index --no-deps --no-compile \
+            --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        PY=python3
+        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    else
+        step venv 240 make venv
+    fi
 fi
 step versions 30 "$PY" -c '
 import torch

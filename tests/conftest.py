@@ -18,10 +18,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def one_thread() -> Iterator[None]:
-    """One intra-op thread for a test module of small operators, which only lose to thread
-    hand-offs (five times slower on two busy cores); restored after the module. Used as
+    """One intra-op thread for a test of small operators, which only lose to thread
+    hand-offs (five times slower on two busy cores); restored after the test. Used as
+    ``@pytest.mark.usefixtures("one_thread")``, or for a whole module as
     ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -59,23 +59,25 @@ def fenced_blocks(text: str) -> tuple[list[tuple[str, str]], str]:
     return blocks, "\n".join(outside)
 
 
-def documented_commands() -> list[tuple[str, str]]:
-    """(where, command) for each `metaacdc` command in a shell block, and each inline code
-    span that starts with `metaacdc` and gives an option (a bare `metaacdc train` in a
-    sentence names the subcommand; it is not a command line)."""
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, command, its arguments) for each `metaacdc` command in a shell block, and each
+    inline code span that starts with `metaacdc` and gives an option (a bare `metaacdc
+    train` in a sentence names the subcommand; it is not a command line)."""
     found = []
     for path in DOCS:
+        where = str(path.relative_to(REPO))
         blocks, outside = fenced_blocks(path.read_text())
         for language, block in blocks:
             if language not in ("", "bash", "sh", "console"):
                 continue
             for line in block.replace("\\\n", " ").splitlines():
-                if _words(line) is not None:
-                    found.append((str(path.relative_to(REPO)), line.strip()))
+                words = _words(line)
+                if words is not None:
+                    found.append((where, line.strip(), words))
         for span in INLINE.findall(outside):
             words = _words(span)
             if words is not None and any(w.startswith("--") for w in words):
-                found.append((str(path.relative_to(REPO)), span))
+                found.append((where, span, words))
     return found
 
 
@@ -86,10 +88,8 @@ def test_docs_show_commands() -> None:
     assert len(COMMANDS) >= 15
 
 
-@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[c for _, c in COMMANDS])
-def test_documented_command_parses(where: str, command: str) -> None:
-    words = _words(command)
-    assert words is not None
+@pytest.mark.parametrize(("where", "command", "words"), COMMANDS, ids=[c for _, c, _ in COMMANDS])
+def test_documented_command_parses(where: str, command: str, words: list[str]) -> None:
     try:
         build_parser().parse_args(words)
     except SystemExit as exit_:  # argparse's way of refusing a command line

@@ -11,6 +11,7 @@ RUN_DIR/eval/*.csv           evaluation results
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,20 @@ class RunFolder:
         """One row appended to metrics.csv."""
         with self.metrics.open("a", newline="") as stream:
             csv.writer(stream).writerow(row)
+
+    def drop_metrics_from(self, step: int) -> None:
+        """Remove the rows of meta-update ``step`` and later from metrics.csv (atomically):
+        a resumed run writes them again, and a row written after the checkpoint it resumes
+        from (an interruption between the two) would otherwise appear twice."""
+        with self.metrics.open(newline="") as stream:
+            header, *rows = list(csv.reader(stream))
+        kept = [row for row in rows if int(row[0]) < step]
+        if len(kept) == len(rows):
+            return
+        partial = self.metrics.with_name(self.metrics.name + ".partial")
+        with partial.open("w", newline="") as stream:
+            csv.writer(stream).writerows([header, *kept])
+        os.replace(partial, self.metrics)
 
 
 def run_name(config: TrainConfig) -> str:

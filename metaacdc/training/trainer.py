@@ -50,6 +50,9 @@ VALIDATION_SEED = 0
 RUNTIME_SETTINGS = ("device", "workers")
 #: What a setting added since was in runs saved before it existed.
 _SAVED_BEFORE = {"engine": "learn2learn"}
+#: Validation accuracies closer than this are equal: the same number of correct queries can
+#: average to means that differ in the last bit, and the first of equal ones stays the best.
+SAME_ACCURACY = 1e-9
 #: Columns of a run's metrics.csv: one row per validation.
 METRICS = ("step", "loss", "accuracy", "val_accuracy", "val_ci95", "tasks_per_s", "elapsed_s")
 
@@ -223,6 +226,11 @@ class _Session:
             self.learner.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.state = TrainState.from_checkpoint(payload)
+            if world.is_main and not folder.metrics.is_file():
+                folder.start_metrics(METRICS)  # deleted since: the rows to come are kept
+            elif world.is_main:  # rows written after the checkpoint are written again
+                owed = self.state.owed is not None
+                folder.drop_metrics_from(self.state.step if owed else self.state.step + 1)
         elif world.is_main:
             folder.write_config(config)
             folder.start_metrics(METRICS)
@@ -282,7 +290,7 @@ class _Session:
             progress=False,
             engine=self.config.engine,
         )
-        improved = state.best_val is None or result.mean > state.best_val
+        improved = state.best_val is None or result.mean > state.best_val + SAME_ACCURACY
         if improved:
             state.best_val, state.best_step = result.mean, state.step
             self.save(self.folder.best)

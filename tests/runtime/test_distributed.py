@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,18 +180,17 @@ def test_distributed_evaluation_equals_single_process(jobs: dict) -> None:
 @pytest.mark.parametrize("mode", ["raise", "stall"])
 def test_a_failing_rank_ends_the_job(mode: str) -> None:
     """Rank 1 raises (rank 0's gather fails as its peer goes) or never comes to the gather
-    (rank 0 gives up after the timeout): non-zero exit, error shown, no hang."""
-    started = time.perf_counter()
+    (rank 0 gives up after the timeout): torchrun exits 1, the failing rank's error shown.
+    A hang fails the test at the subprocess timeout."""
     # raise: the default timeout (the gather fails as rank 1's connection closes); stall: 8 s,
     # long enough for both processes to start on a busy machine
     timeout = {} if mode == "raise" else {distributed.TIMEOUT_VARIABLE: "8"}
     job = torchrun(mode, timeout=120, **timeout)
-    assert job.returncode != 0
-    assert time.perf_counter() - started < 60
+    assert job.returncode == 1, job.stderr[-3000:]
     if mode == "raise":
         assert f"[rank1]: RuntimeError: {FAILURE}" in job.stderr
-    else:
-        assert "[rank0]:" in job.stderr and "imed out" in job.stderr, job.stderr[-3000:]
+    else:  # rank 0 gave up after the 8 s set, not the default half hour
+        assert re.search(r"\[rank0\]: .*imed out .*\b8000 ?ms", job.stderr), job.stderr[-3000:]
 
 
 def test_shards_cover_every_task_once() -> None:
@@ -215,8 +214,17 @@ def test_sharded_sampler_keeps_global_episode_numbers() -> None:
 
 
 def test_task_seeds_are_a_function_of_seed_and_index() -> None:
-    assert task_seed(0, 5) == task_seed(0, 5)
-    assert len({task_seed(0, i) for i in range(100)} | {task_seed(1, 0)}) == 101
+    for seed, index in [(0, 0), (0, 5), (7, 123_456)]:
+        # the documented derivation, by numpy's spawn: the third child of the episode's
+        # SeedSequence([seed, index]), whose first two children draw the episode
+        episode = np.random.SeedSequence([seed, index]).spawn(3)
+        expected = int(episode[2].generate_state(1, np.uint64)[0]) >> 1
+        assert task_seed(seed, index) == expected
+        drawing = int(episode[1].generate_state(1, np.uint64)[0]) >> 1  # the episode's torch
+        assert task_seed(seed, index) != drawing
+    seeds = {task_seed(0, i) for i in range(100)} | {task_seed(1, 0)}
+    assert len(seeds) == 101
+    assert all(0 <= s < 2**63 for s in seeds)  # torch.manual_seed's range
 
 
 def test_one_process_creates_no_group() -> None:
