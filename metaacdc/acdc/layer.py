@@ -240,7 +240,9 @@ class ACDCConv2d(nn.Module):
         if self.layout is not None:
             y = channel_shuffle(y, self.layout.conv_groups)
         if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
+            # in the output's dtype: under autocast the bias (float32) would otherwise
+            # promote the bfloat16 convolution back to float32, and every layer after it
+            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return y
 
     def _explicit_padding(self) -> list[int]:

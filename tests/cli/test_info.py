@@ -116,6 +116,9 @@ def test_table_of_conv4_at_two_atom_counts(tmp_path: Path, capsys) -> None:
 
 def test_committed_model_table_is_what_its_command_writes(tmp_path: Path) -> None:
     """The Conv4 rows of docs/model_table.csv equal a fresh run of its own command."""
+    # Golden values: docs/model_table.csv is the code's own output, committed at 64cf7c0
+    # (2026-11-22). Its neighbour, tests/reports/test_model_table.py, recomputes the Conv4
+    # rows' parameter counts and plain FLOPs by hand from the architecture.
     text = (REPO / "docs" / "model_table.md").read_text()
     command = re.search(r"```bash\n(.*)\n```", text).group(1)  # type: ignore[union-attr]
     argv = shlex.split(command)[1:]

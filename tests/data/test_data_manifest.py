@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +29,11 @@ from metaacdc.errors import ConfigError
 from tests.data.data_fakes import fake_rows
 
 EPISODES = Path(__file__).resolve().parents[2] / "episodes"
+# Golden values: the content checksums of the shipped manifests were copied from the
+# code's output (`metaacdc data freeze`) at commit d66d6bd (2026-11-22); their neighbour,
+# test_frozen_manifest_tasks_are_valid_draws_of_the_test_csv, checks the tasks against the
+# split CSV directly. TEST_CSV_SHA256 is not the code's: it is the upstream file's sha256,
+# recorded in metaacdc/resources/miniimagenet/SOURCE.md.
 FROZEN = {
     "miniimagenet-test-5w1s-15q.json": (
         1,
@@ -61,6 +68,25 @@ def test_frozen_manifest_checksum_and_regeneration(name: str) -> None:
         **{k: header[k] for k in ("command", "source", "source_sha256")},
     )
     assert again.content_sha256() == checksum
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_frozen_manifest_tasks_are_valid_draws_of_the_test_csv(name: str) -> None:
+    """Independently of the code that froze them: every task has 5 distinct classes of the
+    test CSV, each image listed under its task's class in the CSV, no image twice in a
+    task (support and query apart); the header's source checksum is the CSV file's."""
+    csv = shipped_split_csv("test")
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() == TEST_CSV_SHA256
+    label_of = dict(read_split_csv(csv))
+    manifest = load_manifest(EPISODES / name)
+    assert sorted(manifest.classes) == sorted(set(label_of.values())) and len(label_of) == 12000
+    classes = np.array(manifest.classes)[manifest.task_classes]  # (tasks, 5) names
+    labels = np.array([label_of[f] for f in manifest.filenames])
+    items = np.concatenate([manifest.support, manifest.query], axis=2)  # (tasks, 5, n)
+    assert (np.sort(classes, axis=1)[:, 1:] != np.sort(classes, axis=1)[:, :-1]).all()
+    assert (labels[items] == classes[:, :, None]).all()
+    flat = np.sort(items.reshape(len(items), -1), axis=1)
+    assert (flat[:, 1:] != flat[:, :-1]).all()
 
 
 def test_edited_manifest_is_refused(tmp_path: Path) -> None:

@@ -15,7 +15,10 @@ from metaacdc.data import (
 )
 from metaacdc.errors import ConfigError
 
-# numpy's SeedSequence/PCG64/Generator.choice streams; a change here changes every episode
+# numpy's SeedSequence/PCG64/Generator.choice streams; a change here changes every episode.
+# Golden values: copied from the code's output at commit d66d6bd (2026-11-22). Their
+# neighbour, test_golden_draw_is_a_valid_draw_of_numpys_documented_streams, checks them
+# against the split's structure and numpy's generators directly.
 GOLDEN_CLASSES = [7, 19, 0]
 GOLDEN_ITEMS = [[63, 59], [153, 156], [5, 6]]
 
@@ -79,6 +82,25 @@ def test_golden_draw_pins_cross_machine_sampling(split: CachedSplit) -> None:
     classes, items = EpisodeSampler(split, ways=3, shots=1, queries=1, seed=123).indices(7)
     assert classes.tolist() == GOLDEN_CLASSES
     assert items.tolist() == GOLDEN_ITEMS
+
+
+def test_golden_draw_is_a_valid_draw_of_numpys_documented_streams(split: CachedSplit) -> None:
+    """Independently of the sampler: the golden items are distinct images of their golden
+    classes (the split holds 8 images per class, class-major: image ``i`` is of class
+    ``i // 8``), and they are what numpy's own generators give for the documented scheme:
+    episode ``i``'s numpy stream is the first child of ``SeedSequence([seed, i])``, which
+    picks the classes, then each class's images among its own, without replacement."""
+    classes, items = np.array(GOLDEN_CLASSES), np.array(GOLDEN_ITEMS)
+    assert len(set(GOLDEN_CLASSES)) == 3 and all(0 <= c < 20 for c in GOLDEN_CLASSES)
+    assert (items // 8 == classes[:, None]).all()
+    assert len(np.unique(items)) == items.size  # support (column 0) and query apart
+    assert (split.labels[items] == classes[:, None]).all()
+    numpy_stream = np.random.SeedSequence([123, 7]).spawn(2)[0]
+    rng = np.random.Generator(np.random.PCG64(numpy_stream))
+    drawn = rng.choice(20, size=3, replace=False)
+    assert drawn.tolist() == GOLDEN_CLASSES
+    for c, golden in zip(drawn, GOLDEN_ITEMS):
+        assert (8 * c + rng.choice(8, 2, replace=False)).tolist() == golden
 
 
 def test_different_seeds_give_different_episodes(split: CachedSplit) -> None:

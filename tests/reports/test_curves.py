@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -43,11 +48,15 @@ TINY = {
 }
 
 
-@pytest.fixture
-def base_config(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
+def write_tiny_config(folder: Path) -> Path:
+    path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY))
     return path
+
+
+@pytest.fixture
+def base_config(tmp_path: Path) -> Path:
+    return write_tiny_config(tmp_path)
 
 
 def curve(out: Path, config: Path, *extra: str) -> int:
@@ -73,9 +82,21 @@ def curve(out: Path, config: Path, *extra: str) -> int:
     )
 
 
-def test_curve_runs_the_grid_then_skips_finished_runs(tmp_path, base_config, capsys) -> None:
-    out = tmp_path / "curve"
-    assert curve(out, base_config) == 0
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``--out`` folder of one finished, evaluated tiny grid (2 shots x 2 conv kinds),
+    shared by the tests that only read it or rerun it without changing it."""
+    folder = tmp_path_factory.mktemp("grid")
+    out = folder / "curve"
+    assert curve(out, write_tiny_config(folder)) == 0
+    return out
+
+
+def test_curve_runs_the_grid_then_skips_finished_runs(
+    finished_grid: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = finished_grid
+    base_config = out.parent / "tiny.yaml"
     table = pd.read_csv(out / "curve.csv")
     assert tuple(table.columns) == COLUMNS
     assert sorted(zip(table["shots"], table["conv"])) == [
@@ -115,14 +136,58 @@ def test_curve_command_line_overrides_the_config_file(tmp_path, base_config) -> 
     assert all(c["val_tasks"] == TINY["val_tasks"] for c in configs)
 
 
-def test_report_matches_curve_table(tmp_path, base_config) -> None:
-    out = tmp_path / "curve"
-    assert curve(out, base_config) == 0
+def test_report_matches_curve_table(tmp_path: Path, finished_grid: Path) -> None:
+    out = finished_grid
     runs = [str(p) for p in sorted(out.iterdir()) if (p / "config.yaml").is_file()]
     assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "report" / "curve.csv"), pd.read_csv(out / "curve.csv")
     )
+
+
+def evaluated_apart(run: Path, folder: Path, capsys: pytest.CaptureFixture, *args: str) -> Path:
+    """``metaacdc evaluate`` of a copy of ``run`` without its evaluations (so nothing the
+    curve wrote is read or reused); returns the per-task CSV it wrote."""
+    copy = folder / run.name
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), *args, "--device", "cpu", "--no-progress"]) == 0
+    written = re.search(r"per-task accuracies: (\S+)", capsys.readouterr().out)
+    assert written is not None
+    return Path(written.group(1))
+
+
+def assert_cells_are_evaluations(
+    out: Path,
+    folder: Path,
+    capsys: pytest.CaptureFixture,
+    arguments: Callable[[Any], list[str]],
+) -> None:
+    """Every cell of ``out/curve.csv`` equals ``metaacdc evaluate RUN *arguments(row)`` run
+    apart: the mean and 95 % half-width of its CSV, and those recomputed from its per-task
+    rows (``1.96 * std / sqrt(n)``, population std)."""
+    table = pd.read_csv(out / "curve.csv")
+    assert len(table) > 0
+    for row in table.itertuples(index=False):
+        written = evaluated_apart(out / str(row.run), folder, capsys, *arguments(row))
+        csv = pd.read_csv(written, dtype={"task": str})
+        summary = csv.set_index("task")["accuracy"]
+        per_task = csv[csv["task"].str.isdigit()]["accuracy"].to_numpy()
+        assert row.tasks == len(per_task)
+        mean, ci95 = per_task.mean(), 1.96 * per_task.std() / np.sqrt(len(per_task))
+        assert summary["mean"] == pytest.approx(mean, abs=1e-9)
+        assert summary["ci95"] == pytest.approx(ci95, abs=1e-9)
+        # the curve's table keeps 4 decimals of a percentage
+        assert row.accuracy == pytest.approx(100 * mean, abs=1e-4), row.run
+        assert row.ci95 == pytest.approx(100 * ci95, abs=1e-4), row.run
+
+
+def test_curve_cells_equal_metaacdc_evaluate_of_each_run(
+    tmp_path: Path, finished_grid: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A cell is the run's test accuracy on the tasks `metaacdc evaluate` draws (seed 0),
+    not only a number between 0 and 100."""
+    assert_cells_are_evaluations(finished_grid, tmp_path, capsys, lambda row: ["--tasks", "5"])
 
 
 def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys) -> None:
@@ -251,7 +316,9 @@ def tiny_cache(tmp_path: Path) -> Path:
     return cache
 
 
-def test_curve_tests_every_run_on_its_frozen_episodes(tmp_path, base_config, tiny_cache) -> None:
+def test_curve_tests_every_run_on_its_frozen_episodes(
+    tmp_path, base_config, tiny_cache, capsys
+) -> None:
     manifests = []
     for shots in (1, 5):
         manifests.append(tmp_path / f"tiny-test-5w{shots}s-3q.json")
@@ -266,6 +333,11 @@ def test_curve_tests_every_run_on_its_frozen_episodes(tmp_path, base_config, tin
         [f"test-tiny-test-5w{s}s-3q-4tasks-1steps.csv" for s in (1, 5) for _ in range(2)]
     )
     assert (pd.read_csv(out / "curve.csv")["tasks"] == 4).all()
+    # each cell is `metaacdc evaluate --episodes` of the manifest of its run's task shape
+    by_shots = dict(zip((1, 5), manifests))
+    assert_cells_are_evaluations(
+        out, tmp_path, capsys, lambda row: ["--episodes", str(by_shots[row.shots])]
+    )
 
 
 def test_data_by_image_size(tmp_path, tiny_cache) -> None:
