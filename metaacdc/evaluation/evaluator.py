@@ -36,6 +36,7 @@ from metaacdc.evaluation.pool import EvaluationPool
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.engine import check_engine_supports, choose_engine
 from metaacdc.maml.modes import evaluation_mode
+from metaacdc.maml.task_batch import stack_tasks, task_shapes
 from metaacdc.runtime import distributed
 from metaacdc.runtime.distributed import World
 from metaacdc.runtime.memory import reuse_freed_memory
@@ -212,7 +213,7 @@ def _batched_accuracies(
     pending: list[tuple[int, Episode]] = []
     size = 0
     for k, episode in numbered:
-        if pending and (len(pending) == size or _shape(episode) != _shape(pending[0][1])):
+        if pending and (len(pending) == size or task_shapes(episode) != task_shapes(pending[0][1])):
             yield from _accuracies_of(learner, pending, inner_steps)
             pending = []
         if not pending:
@@ -222,22 +223,21 @@ def _batched_accuracies(
         yield from _accuracies_of(learner, pending, inner_steps)
 
 
-def _shape(episode: Episode) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(tensor.shape) for tensor in episode[:4])
-
-
 def _accuracies_of(
     learner: Learner, numbered: list[tuple[int, Episode]], inner_steps: int | None
 ) -> Iterator[tuple[int, float]]:
     """The accuracies of equally shaped episodes, adapted in one batched call."""
-    support_x, support_y, query_x, query_y = (
-        torch.stack([episode[i] for _, episode in numbered]) for i in range(4)
-    )
+    batch = stack_tasks([episode for _, episode in numbered], learner.device)
+    assert batch.query_y is not None
     predicted = learner.predict_tasks(
-        support_x, support_y, query_x, steps=inner_steps, tasks_per_batch=len(numbered)
+        batch.support_x,
+        batch.support_y,
+        batch.query_x,
+        steps=inner_steps,
+        tasks_per_batch=len(numbered),
     )
     assert isinstance(predicted, torch.Tensor)
-    hits = (predicted == query_y.to(predicted.device)).double().mean(1).tolist()
+    hits = (predicted == batch.query_y).double().mean(1).tolist()
     for (k, _), accuracy in zip(numbered, hits):
         yield k, accuracy
 

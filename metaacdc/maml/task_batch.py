@@ -35,6 +35,12 @@ class TaskBatch:
         return int(self.support_x.shape[0])
 
 
+def task_shapes(task: Episode) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a task's support and query images and labels: tasks batch together
+    when theirs are equal."""
+    return tuple(tuple(tensor.shape) for tensor in task[:4])
+
+
 def stack_tasks(tasks: Sequence[Episode], device: torch.device) -> TaskBatch:
     """Stack ``tasks`` on ``device``; every task must have the first task's shapes.
 
@@ -45,10 +51,9 @@ def stack_tasks(tasks: Sequence[Episode], device: torch.device) -> TaskBatch:
     if not tasks:
         raise ConfigError("the batched engine got no task; give at least one episode")
     names = ("support_x", "support_y", "query_x", "query_y")
-    first = [tuple(tensor.shape) for tensor in tasks[0][:4]]
+    first = task_shapes(tasks[0])
     for index, task in enumerate(tasks[1:], start=1):
-        shapes = [tuple(tensor.shape) for tensor in task[:4]]
-        for name, got, want in zip(names, shapes, first):
+        for name, got, want in zip(names, task_shapes(task), first):
             if got != want:
                 raise ConfigError(
                     f"task {index} has {name} of shape {got}, task 0 of shape {want}; the "
