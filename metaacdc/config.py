@@ -14,14 +14,33 @@ import tomllib
 import yaml
 
 from metaacdc.acdc.tying import grouped_spec
+from metaacdc.backbones.init import INITS as BACKBONE_INITS
 from metaacdc.convs.base import ConvKind
 from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
 
-DATASETS: tuple[str, ...] = ("synthetic", "miniimagenet", "omniglot")
+DATASETS: tuple[str, ...] = (
+    "synthetic",
+    "miniimagenet",
+    "omniglot",
+    "cifar-fs",
+    "fc100",
+    "cub",
+    "tieredimagenet",
+)
+#: datasets whose images are smaller than the backbone's default side: trained at their own
+#: (Omniglot's 28 px, CIFAR's 32 px); the others at the backbone's (84 Conv, 224 ResNet)
+DATASET_IMAGE_SIZES: dict[str, int] = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
+#: default adaptation steps at test per training inner step: twice as many, as the MAML
+#: paper adapts (5 in training, 10 at test); more steps at test raised held-out accuracy by
+#: 4 to 8 points (docs/results/learning-speed.md)
+TEST_STEPS_PER_STEP = 2
 #: MAML engines (:mod:`metaacdc.maml.engine`): ``auto`` picks the faster one on the device
 ENGINES: tuple[str, ...] = ("auto", "learn2learn", "batched")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
+#: initialisation schemes (:mod:`metaacdc.backbones.init`); ``auto`` is the first of
+#: them for a new run, and a resumed run's own
+INITS: tuple[str, ...] = ("auto", *BACKBONE_INITS)
 
 
 @dataclass
@@ -37,6 +56,7 @@ class TrainConfig:
     regulators: bool = False
     dataset: str = "synthetic"
     data: str | None = None
+    data_protocol: str | None = None
     ways: int = 5
     shots: int = 1
     queries: int = 16
@@ -48,6 +68,7 @@ class TrainConfig:
     first_order: bool | None = None
     adapt: str = "all"
     meta_sgd: bool = False
+    init: str = "auto"
     meta_batch: int = 4
     meta_lr: float = 1e-3
     meta_updates: int | None = None
@@ -163,6 +184,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     check_choice("dataset", config.dataset, DATASETS)
     check_choice("adapt", config.adapt, ADAPT_SCOPES)
     check_choice("engine", config.engine, ENGINES)
+    check_choice("init", config.init, INITS)
+    if config.data_protocol is not None:
+        from metaacdc.data.sources.omniglot_protocols import PROTOCOLS
+
+        if config.dataset != "omniglot":
+            raise ConfigError("data_protocol applies to dataset omniglot only")
+        check_choice("data_protocol", config.data_protocol, PROTOCOLS)
     for name in (
         "ways",
         "shots",
@@ -190,16 +218,21 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if isinstance(config.conv, str)
         else config.conv,
         image_size=config.image_size
-        or (28 if config.dataset == "omniglot" else backbone.image_size),
+        or DATASET_IMAGE_SIZES.get(config.dataset, backbone.image_size),
         first_order=backbone.first_order if config.first_order is None else config.first_order,
         meta_updates=config.meta_updates or protocol_meta_updates(config.shots),
-        test_inner_steps=config.test_inner_steps or config.inner_steps,
+        test_inner_steps=config.test_inner_steps or TEST_STEPS_PER_STEP * config.inner_steps,
     )
     check_positive_int("image_size", resolved.image_size)
     check_positive_int("meta_updates", resolved.meta_updates)
     check_positive_int("test_inner_steps", resolved.test_inner_steps)
     conv_kind_of(resolved)  # validates conv, atoms, group size
     return resolved
+
+
+def chosen_init(init: str) -> str:
+    """The scheme ``init`` names: ``auto`` is the default scheme (a new run's)."""
+    return BACKBONE_INITS[0] if init == "auto" else init
 
 
 def conv_kind_of(config: TrainConfig) -> ConvKind:

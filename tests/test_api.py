@@ -293,13 +293,14 @@ def test_adapt_leaves_the_learner_unchanged(learner: Learner, task) -> None:
 def test_adapt_equals_learn2learn_by_hand(learner: Learner, task) -> None:
     support_x, support_y, query_x, _ = task
     default_lr = learner.config.inner_lr
-    assert learner.config.test_inner_steps == 5
+    # the default: twice the training steps (config.TEST_STEPS_PER_STEP), written out
+    assert learner.config.test_inner_steps == 2 * learner.config.inner_steps == 10
     for steps, lr in ((5, default_lr), (2, 0.3)):
         expected = hand_adapted(learner, support_x, support_y, steps, lr)(query_x)
         got = learner.adapt(support_x, support_y, steps=steps, lr=lr)(query_x)
         torch.testing.assert_close(got, expected)
     default = learner.adapt(support_x, support_y)(query_x)
-    by_hand = hand_adapted(learner, support_x, support_y, 5, default_lr)(query_x)
+    by_hand = hand_adapted(learner, support_x, support_y, 10, default_lr)(query_x)
     torch.testing.assert_close(default, by_hand)
     unadapted = learner.adapt(support_x, support_y, steps=0)(query_x)
     torch.testing.assert_close(unadapted, learner.meta.model(query_x))
@@ -314,7 +315,8 @@ def test_fewer_ways_than_the_head_use_the_first_logits(learner: Learner, task) -
     with torch.no_grad():  # as predict runs it (see metaacdc.backbones.pool_first)
         logits = model(query_x)
     assert logits.shape == (len(query_x), 3)
-    expected = hand_adapted(learner, three_x, three_y, 5, learner.config.inner_lr)(query_x)
+    steps = learner.config.test_inner_steps
+    expected = hand_adapted(learner, three_x, three_y, steps, learner.config.inner_lr)(query_x)
     torch.testing.assert_close(logits, expected[:, :3])
     labels, both = learner.predict(three_x, three_y, query_x, return_logits=True)
     assert torch.equal(labels, logits.argmax(1)) and torch.equal(both, logits)

@@ -102,3 +102,33 @@ def test_curve_base_settings_are_built_the_same_way(settings: Path) -> None:
     argv = ["curve", "--config", str(settings), "--ways", "20", "--inner-lr", "0.1"]
     args = build_parser().parse_args(argv)
     assert _base_config(args) == build_config(settings, {"ways": 20, "inner_lr": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("dataset", "backbone", "size"),
+    [
+        ("omniglot", "conv4", 28),
+        ("cifar-fs", "conv4", 32),
+        ("fc100", "resnet10", 32),
+        ("cub", "conv4", 84),
+        ("cub", "resnet10", 224),
+        ("miniimagenet", "resnet18", 224),
+    ],
+)
+def test_small_image_datasets_train_at_their_own_size(
+    dataset: str, backbone: str, size: int
+) -> None:
+    assert resolve(TrainConfig(dataset=dataset, backbone=backbone)).image_size == size
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dataset": "omniglot", "data_protocol": "lake"}, "data_protocol='lake'"),
+        ({"dataset": "cub", "data_protocol": "vinyals"}, "omniglot only"),
+        ({"init": "xavier"}, "init='xavier'"),
+    ],
+)
+def test_protocol_and_init_choices_are_checked(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve(TrainConfig(**settings))

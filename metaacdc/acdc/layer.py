@@ -157,19 +157,20 @@ class ACDCConv2d(nn.Module):
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
-    def reset_atoms(self) -> None:
-        """Orthogonal atoms, scaled so that ``Var(K)`` equals ``2 / (kh*kw*out_channels)``.
-
-        That is the variance of a plain conv under Kaiming fan-out init (design §4), given
-        the current coefficients' Kaiming variance ``2 / (rows * m)`` of their own shape.
-        """
+    def reset_atoms(self, kernel_variance: float | None = None) -> None:
+        """Orthogonal atoms, scaled so that ``Var(K)`` equals ``kernel_variance``, by default
+        ``2 / (kh*kw*out_channels)``: the variance of a plain conv under Kaiming fan-out init
+        (design §4), given the current coefficients' Kaiming variance ``2 / (rows * m)`` of
+        their own shape."""
         kh, kw = self.kernel_size
         flat = self.atoms.view(-1, self.num_atoms, kh * kw)
         for unit in flat:
             nn.init.orthogonal_(unit)
         coef_var = 2.0 / (self.coefficients.shape[0] * self.num_atoms)
         atom_energy = min(self.num_atoms, kh * kw)  # ||D||_F^2 of an orthogonal D
-        target_var = 2.0 / (kh * kw * self.out_channels)
+        target_var = (
+            2.0 / (kh * kw * self.out_channels) if kernel_variance is None else kernel_variance
+        )
         # Var(K) averaged over positions = Var(A) * ||D||_F^2 / (kh*kw) * gain^2
         gain = math.sqrt(target_var * kh * kw / (coef_var * atom_energy))
         self.atoms.mul_(gain)

@@ -6,12 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from metaacdc.data.sources.omniglot_protocols import PROTOCOLS
 from metaacdc.errors import ConfigError
 
 SOURCE_OPTIONS = {
     "miniimagenet": ("layout",),
-    "omniglot": ("rotations", "split_seed"),
+    "omniglot": ("protocol", "rotations", "split_seed"),
     "synthetic": ("images_per_class", "seed"),
+    "cifar-fs": (),
+    "fc100": (),
+    "cub": (),
+    "tieredimagenet": ("layout",),
 }
 
 
@@ -20,16 +25,27 @@ def add_parser(sub: Any) -> None:
     actions = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     prepare = actions.add_parser("prepare", help="turn a dataset into a cache (resumable)")
+    prepare.add_argument("--source", required=True, choices=tuple(SOURCE_OPTIONS))
     prepare.add_argument(
-        "--source", required=True, choices=("miniimagenet", "omniglot", "synthetic")
+        "--root",
+        type=Path,
+        help="the dataset as downloaded: a zip/tar archive, the folder it extracts to, or a "
+        "folder holding them",
     )
-    prepare.add_argument("--root", type=Path, help="folder holding the dataset's files")
-    prepare.add_argument("--out", type=Path, required=True, help="cache folder to write")
     prepare.add_argument(
-        "--image-size", type=int, default=None, help="side in pixels (default 84; Omniglot 28)"
+        "--out",
+        type=Path,
+        help="cache folder to write (default: the content-keyed cache in $METAACDC_CACHE "
+        "that `metaacdc train --data` would use; its path is printed)",
     )
     prepare.add_argument(
-        "--splits", nargs="+", default=["train", "val", "test"], choices=("train", "val", "test")
+        "--image-size",
+        type=int,
+        default=None,
+        help="side in pixels (default 84; Omniglot 28; CIFAR-FS, FC100 32)",
+    )
+    prepare.add_argument(
+        "--splits", nargs="+", default=None, choices=("train", "val", "test"), help="(with --out)"
     )
     prepare.add_argument(
         "--force",
@@ -39,16 +55,31 @@ def add_parser(sub: Any) -> None:
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.add_argument(
         "--layout",
-        choices=("csv", "pickle", "folders"),
-        help="miniImageNet layout (default: detected)",
+        choices=("csv", "pickle", "folders", "imagenet"),
+        help="miniImageNet: csv, pickle or folders; tieredImageNet: pickle, folders or "
+        "imagenet (default: detected)",
+    )
+    prepare.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="Omniglot: how characters are split (default random; see data/README.md)",
     )
     prepare.add_argument(
         "--rotations",
         action="store_true",
         default=None,
-        help="Omniglot: add 90/180/270 degree rotations as new classes",
+        help="Omniglot: add 90/180/270 degree rotations as new classes (default: with "
+        "--protocol vinyals only)",
     )
-    prepare.add_argument("--split-seed", type=int, help="Omniglot: character split seed")
+    prepare.add_argument(
+        "--no-rotations",
+        dest="rotations",
+        action="store_false",
+        help="Omniglot: no rotations, also with --protocol vinyals",
+    )
+    prepare.add_argument(
+        "--split-seed", type=int, help="Omniglot: character split seed (--protocol random)"
+    )
     prepare.add_argument("--images-per-class", type=int, help="synthetic: images per class")
     prepare.add_argument("--seed", type=int, help="synthetic: generator seed")
     prepare.set_defaults(handler=run_prepare)
@@ -82,20 +113,22 @@ def add_parser(sub: Any) -> None:
 
 def _source_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {}
-    for source, names in SOURCE_OPTIONS.items():
-        for name in names:
-            value = getattr(args, name)
-            if value is None:
-                continue
-            if source != args.source:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} applies to --source {source} only")
-            options[name] = value
+    for name in sorted({name for names in SOURCE_OPTIONS.values() for name in names}):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in SOURCE_OPTIONS[args.source]:
+            owners = [source for source, names in SOURCE_OPTIONS.items() if name in names]
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} applies to --source {' or '.join(owners)} only")
+        options[name] = value
     return options
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from metaacdc.data import prepare
+    from metaacdc.data import open_split, prepare
+    from metaacdc.data.cache import SPLITS
+    from metaacdc.data.source_cache import ensure_cache, prepare_source
 
     def report(result: Any) -> None:
         meta = result.meta
@@ -104,17 +137,42 @@ def run_prepare(args: argparse.Namespace) -> int:
             f"{len(meta.class_names)} classes, {meta.image_size}px)"
         )
 
-    prepare(
-        args.source,
-        args.out,
-        root=args.root,
-        image_size=args.image_size,
-        splits=args.splits,
-        force=args.force,
-        progress=not args.no_progress,
-        on_split=report,
-        **_source_options(args),
-    )
+    options = _source_options(args)
+    if args.out is None:
+        if args.source == "synthetic":
+            raise ConfigError("--source synthetic needs --out (it has no files to key a cache by)")
+        if args.root is None:
+            raise ConfigError(f"--root is required for source {args.source!r}: the dataset's files")
+        for flag, given in (("--splits", args.splits is not None), ("--force", args.force)):
+            if given:
+                raise ConfigError(f"{flag} needs --out (a user cache holds all three splits)")
+        cache = ensure_cache(
+            args.source,
+            args.root,
+            args.image_size,
+            progress=not args.no_progress,
+            **options,
+        )
+        for split in SPLITS:
+            meta = open_split(cache / split).meta
+            print(
+                f"{split}: {cache / split} ({meta.num_images} images, "
+                f"{len(meta.class_names)} classes, {meta.image_size}px)"
+            )
+        print(f"cache: {cache} (metaacdc train --dataset {args.source} --data {cache})")
+        return 0
+    settings: dict[str, Any] = {
+        "image_size": args.image_size,
+        "splits": args.splits or SPLITS,
+        "force": args.force,
+        "progress": not args.no_progress,
+        "on_split": report,
+        **options,
+    }
+    if args.root is None:  # synthetic; the others refuse a missing --root
+        prepare(args.source, args.out, **settings)
+    else:
+        prepare_source(args.source, args.root, args.out, **settings)
     return 0
 
 

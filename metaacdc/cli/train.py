@@ -19,7 +19,13 @@ from metaacdc.errors import ConfigError
 OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--backbone", "backbone", str, "conv4, conv6, resnet10, resnet18 or resnet34"),
     ("--dataset", "dataset", str, f"one of {', '.join(DATASETS)} (default synthetic)"),
-    ("--data", "data", str, "a cache from `metaacdc data prepare`, or a raw source folder"),
+    ("--data", "data", str, "a cache, or a raw source (archive, its folder, a folder of them)"),
+    (
+        "--data-protocol",
+        "data_protocol",
+        str,
+        "Omniglot split of a raw --data: random (default), vinyals or background-evaluation",
+    ),
     ("--ways", "ways", int, "classes per task (default 5)"),
     ("--shots", "shots", int, "support images per class (default 1)"),
     ("--queries", "queries", int, "query images per class in training (default 16)"),
@@ -29,7 +35,12 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--group-size", "group_size", int, "channels per group for the g- variants"),
     ("--inner-lr", "inner_lr", float, "inner-loop SGD step size (default 0.01)"),
     ("--inner-steps", "inner_steps", int, "inner-loop steps (default 5)"),
-    ("--test-inner-steps", "test_inner_steps", int, "inner steps at validation/test"),
+    (
+        "--test-inner-steps",
+        "test_inner_steps",
+        int,
+        "inner steps at validation/test (default twice --inner-steps)",
+    ),
     ("--meta-batch", "meta_batch", int, "tasks per meta-update (default 4)"),
     ("--meta-lr", "meta_lr", float, "Adam step size (default 1e-3)"),
     ("--meta-updates", "meta_updates", int, "length (default 60k for 1-shot, 40k otherwise)"),
@@ -47,6 +58,13 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         "batched on CUDA, learn2learn on the CPU; a resumed run keeps its engine)",
     ),
     ("--workers", "workers", int, "background episode workers (default 2)"),
+    (
+        "--init",
+        "init",
+        str,
+        "kernel scale: pytorch (nn.Conv2d's default) or closerlook (Kaiming fan-out, the "
+        "paper protocol); auto (default): pytorch, a resumed run keeps its own",
+    ),
 )
 FLAGS = (
     ("--first-order", "first_order", "first-order MAML (default for ResNets)"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from metaacdc.data.cache import (
@@ -20,10 +23,13 @@ from metaacdc.data.cache import (
     remove_stale_temporaries,
     split_dir,
 )
+from metaacdc.data.sources import benchmarks
 from metaacdc.data.sources.base import SplitPlan
 from metaacdc.errors import ConfigError, check_choice
 
-SOURCES = ("miniimagenet", "omniglot", "synthetic")
+SOURCES = ("miniimagenet", "omniglot", "synthetic", *benchmarks.DEFAULT_IMAGE_SIZES)
+#: held beside a cache folder (``.<name>.prepare.lock``) while splits are written into it
+PREPARE_LOCK = ".{name}.prepare.lock"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ def plan_splits(
         return [synthetic.plan_split(s, image_size=size, **options) for s in splits]
     if root is None:
         raise ConfigError(f"--root is required for source {source!r}: the folder of its files")
+    if source in benchmarks.DEFAULT_IMAGE_SIZES:
+        return benchmarks.plan_splits(source, root, splits, image_size, **options)
     if source == "miniimagenet":
         from metaacdc.data.sources import miniimagenet
 
@@ -79,31 +87,73 @@ def prepare(
     A complete split built from other inputs or parameters is refused unless ``force``.
 
     Args:
-        source: ``"miniimagenet"``, ``"omniglot"`` or ``"synthetic"``.
+        source: one of :data:`SOURCES` (``"miniimagenet"``, ``"omniglot"``, ``"synthetic"``,
+            ``"cifar-fs"``, ``"fc100"``, ``"cub"``, ``"tieredimagenet"``).
         out: cache root directory.
-        root: folder of the source files (not used by ``"synthetic"``).
-        image_size: target side; defaults 84 (miniImageNet, synthetic) and 28 (Omniglot).
+        root: folder of the source files, or for CIFAR-FS, FC100 and CUB also their
+            archive (not used by ``"synthetic"``).
+        image_size: target side; defaults 84 (miniImageNet, synthetic, CUB,
+            tieredImageNet), 32 (CIFAR-FS, FC100) and 28 (Omniglot).
         splits: which splits to write.
         force: overwrite complete splits that differ.
         progress: show a progress bar per split.
         on_split: called with each split's result as soon as it is done.
-        **options: source options (``layout``; ``rotations``, ``split_seed``;
-            ``images_per_class``, ``seed``).
+        **options: source options (``layout``; ``protocol``, ``rotations``,
+            ``split_seed``; ``images_per_class``, ``seed``).
     """
-    out = Path(out)
     plans = plan_splits(
         source, Path(root) if root is not None else None, image_size, splits, **options
     )
-    remove_stale_temporaries(out)
-    for plan in plans:  # refuse before writing anything
-        _check_overwrite(plan, split_dir(out, plan.split), force)
-    results = []
-    for plan in plans:
-        result = _prepare_split(plan, split_dir(out, plan.split), progress)
-        results.append(result)
-        if on_split is not None:
-            on_split(result)
+    return write_plans(plans, out, force=force, progress=progress, on_split=on_split)
+
+
+def write_plans(
+    plans: Sequence[SplitPlan],
+    out: Path | str,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    on_split: Callable[[PrepareResult], None] | None = None,
+) -> list[PrepareResult]:
+    """Write planned splits under ``out/<split>/`` (what :func:`prepare` does once planned).
+
+    The whole write holds the lock file ``.<out name>.prepare.lock`` beside ``out`` (the
+    cache folder itself holds only splits): a second process preparing the same ``out``
+    waits, then keeps the splits the first one wrote, so two never write (or clean up) one
+    split at once.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = out.resolve()
+    with waiting_lock(folder.with_name(PREPARE_LOCK.format(name=folder.name)), str(out), progress):
+        remove_stale_temporaries(out)
+        for plan in plans:  # refuse before writing anything
+            _check_overwrite(plan, split_dir(out, plan.split), force)
+        results = []
+        for plan in plans:
+            result = _prepare_split(plan, split_dir(out, plan.split), progress)
+            results.append(result)
+            if on_split is not None:
+                on_split(result)
     return results
+
+
+@contextmanager
+def waiting_lock(path: Path, work: str, progress: bool) -> Iterator[None]:
+    """Hold the file lock ``path`` while preparing ``work``; when another process holds it,
+    say so (with ``progress``) and wait for it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        if progress:
+            print(f"waiting: another process is preparing {work}", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_overwrite(plan: SplitPlan, directory: Path, force: bool) -> None:

@@ -3,24 +3,23 @@ samplers and transforms of its training and evaluation."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
+from typing import Any
 
 from metaacdc.backbones import Backbone, create_backbone
-from metaacdc.config import TrainConfig, conv_kind_of
+from metaacdc.backbones.init import initialise
+from metaacdc.config import TrainConfig, chosen_init, conv_kind_of
 from metaacdc.data import (
     CachedSplit,
     DataFacts,
     EpisodeSampler,
     EvalTransform,
     TrainTransform,
-    is_complete,
     open_split,
-    prepare,
     synthetic_split,
     train_transform,
 )
+from metaacdc.data.source_cache import describe_cache, ensure_cache, is_cache
 from metaacdc.data.transforms import eval_transform_for, uses_image_transforms
 from metaacdc.errors import ConfigError
 
@@ -28,27 +27,32 @@ SPLITS = ("train", "val", "test")
 
 
 def build_model(config: TrainConfig, channels: int) -> Backbone:
-    """The backbone a (resolved) config describes, with a ``ways``-way head."""
+    """The backbone a (resolved) config describes, with a ``ways``-way head, initialised by
+    its ``init`` scheme."""
     assert config.image_size is not None, "resolve() the config first"
-    return create_backbone(
+    model = create_backbone(
         config.backbone,
         conv_kind_of(config),
         num_classes=config.ways,
         image_size=config.image_size,
         in_channels=channels,
     )
+    initialise(model, chosen_init(config.init))
+    return model
 
 
-def default_cache_root() -> Path:
-    """Where raw sources given to ``--data`` are prepared: ``$METAACDC_CACHE`` or
-    ``~/.cache/metaacdc``."""
-    return Path(os.environ.get("METAACDC_CACHE", Path.home() / ".cache" / "metaacdc"))
+def source_options(config: TrainConfig) -> dict[str, Any]:
+    """The preparation options of a raw ``--data`` source: the config's ``data_protocol``
+    (Omniglot), else the dataset's defaults (Omniglot ``random`` without rotations; see
+    :mod:`metaacdc.data.source_cache`)."""
+    return {} if config.data_protocol is None else {"protocol": config.data_protocol}
 
 
-def cache_dir_for(config: TrainConfig) -> Path | None:
-    """The cache root of the config's data: ``--data`` itself when it is a cache, a
-    per-source folder under :func:`default_cache_root` when it is a raw source, ``None`` for
-    the in-memory synthetic default."""
+def cache_for(config: TrainConfig, progress: bool = True) -> Path | None:
+    """The cache of the config's data: ``--data`` itself when it is a cache; for a raw
+    source (an archive, an extracted folder, or a folder holding them) its content-keyed
+    cache in the user cache directory (``$METAACDC_CACHE``), prepared on first use;
+    ``None`` for the in-memory synthetic default."""
     if config.data is None:
         if config.dataset == "synthetic":
             return None
@@ -56,25 +60,34 @@ def cache_dir_for(config: TrainConfig) -> Path | None:
     data = Path(config.data).expanduser().resolve()
     if not data.exists():
         raise FileNotFoundError(f"{data}: --data path not found")
-    if is_complete(data / "train"):
+    if is_cache(data):
         return data
-    key = hashlib.sha256(str(data).encode()).hexdigest()[:10]
-    return default_cache_root() / f"{config.dataset}-{config.image_size}px-{key}"
+    return ensure_cache(
+        config.dataset, data, config.image_size, progress=progress, **source_options(config)
+    )
 
 
 def open_splits(config: TrainConfig, splits: tuple[str, ...] = SPLITS) -> dict[str, CachedSplit]:
     """The requested splits at the config's image size, preparing a raw source on first use."""
     assert config.image_size is not None, "resolve() the config first"
-    cache = cache_dir_for(config)
+    cache = cache_for(config)
     if cache is None:
         return {
             split: synthetic_split(split, config.image_size, config.synthetic_images_per_class)
             for split in splits
         }
-    if not all(is_complete(cache / split) for split in splits):
-        assert config.data is not None
-        prepare(config.dataset, cache, root=config.data, image_size=config.image_size)
     return {split: open_split(cache / split, image_size=config.image_size) for split in splits}
+
+
+def data_record(config: TrainConfig) -> dict[str, Any]:
+    """What a run folder records of its data (``data.json``): the ``--data`` given, the
+    cache it was read from and each split's checksums (``None`` for the in-memory synthetic
+    default, which its settings fix)."""
+    cache = cache_for(config, progress=False)
+    record: dict[str, Any] = {"dataset": config.dataset, "data": config.data}
+    if cache is None:
+        return {**record, "cache": None, "splits": {}}
+    return {**record, **describe_cache(cache)}
 
 
 def training_transform(config: TrainConfig) -> TrainTransform | None:

@@ -1,6 +1,7 @@
 """The layout of a run folder, and checkpoints of a meta-learner in it.
 
 RUN_DIR/config.yaml          resolved TrainConfig (enough to re-run or evaluate)
+RUN_DIR/data.json            the data read: --data as given, the cache used, its checksums
 RUN_DIR/metrics.csv          one row per validation: step, losses, accuracies, speed
 RUN_DIR/log.txt              human-readable log
 RUN_DIR/checkpoints/last.pt  latest state (resume from here)
@@ -11,6 +12,7 @@ RUN_DIR/eval/*.csv           evaluation results
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +39,10 @@ class RunFolder:
         return self.root / "config.yaml"
 
     @property
+    def data(self) -> Path:
+        return self.root / "data.json"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.csv"
 
@@ -59,6 +65,15 @@ class RunFolder:
     def write_config(self, config: TrainConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    def write_data(self, record: dict[str, Any]) -> None:
+        """``data.json``: which data the run read (:func:`metaacdc.runs.experiment.data_record`:
+        the ``--data`` given, the cache folder, each split's checksums), written atomically.
+        A resumed run rewrites it; the checksums say whether its data changed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.data.with_name(self.data.name + ".partial")
+        partial.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        os.replace(partial, self.data)
 
     def start_metrics(self, columns: Sequence[str]) -> None:
         """A new metrics.csv holding only its header row."""

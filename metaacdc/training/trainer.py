@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from metaacdc.config import TrainConfig, resolve
+from metaacdc.config import TrainConfig, chosen_init, resolve
 from metaacdc.data import DataFacts, Episode, EpisodeSampler, episode_loader
 from metaacdc.data.loader import ShardedSampler
 from metaacdc.data.sampler import task_seed
@@ -33,6 +33,7 @@ from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.checkpoint import load_checkpoint
 from metaacdc.runs.experiment import (
     build_model,
+    data_record,
     evaluation_sampler,
     open_splits,
     training_transform,
@@ -49,7 +50,9 @@ VALIDATION_SEED = 0
 #: Settings that may differ when a run is resumed (they do not change its result on CPU).
 RUNTIME_SETTINGS = ("device", "workers")
 #: What a setting added since was in runs saved before it existed.
-_SAVED_BEFORE = {"engine": "learn2learn"}
+_SAVED_BEFORE = {"engine": "learn2learn", "init": "closerlook"}
+#: Settings whose ``auto`` means "the saved run's" when a run is resumed.
+_KEPT_ON_RESUME = ("engine", "init")
 #: Validation accuracies closer than this are equal: the same number of correct queries can
 #: average to means that differ in the last bit, and the first of equal ones stays the best.
 SAME_ACCURACY = 1e-9
@@ -180,9 +183,10 @@ def _train_claimed(
                 "another --out"
             )
         payload = load_checkpoint(folder.last)
-        if config.engine == "auto":  # a resumed run keeps the engine it was trained with
-            saved_engine = payload["config"].get("engine", _SAVED_BEFORE["engine"])
-            config = dataclasses.replace(config, engine=saved_engine)
+        saved = {**_SAVED_BEFORE, **payload["config"]}
+        # a resumed run keeps the engine and initialisation it was trained with
+        kept = {name: saved[name] for name in _KEPT_ON_RESUME if getattr(config, name) == "auto"}
+        config = dataclasses.replace(config, **kept)
         _check_same_run(payload["config"], config, folder.root)
     session = _Session(config, folder, world, payload)
     remaining = session.remaining(stop_after)
@@ -209,7 +213,9 @@ class _Session:
         assert config.meta_updates is not None and config.test_inner_steps is not None
         self.device = world.device_for(resolve_device(config.device))
         # the run folder records the engine auto chose, which a resumed run keeps
-        config = dataclasses.replace(config, engine=choose_engine(config.engine, self.device))
+        config = dataclasses.replace(
+            config, engine=choose_engine(config.engine, self.device), init=chosen_init(config.init)
+        )
         self.config, self.folder, self.world = config, folder, world
         torch.manual_seed(config.seed)
         with distributed.main_first(world):  # rank 0 prepares a raw source, the others wait
@@ -234,6 +240,8 @@ class _Session:
         elif world.is_main:
             folder.write_config(config)
             folder.start_metrics(METRICS)
+        if world.is_main:
+            folder.write_data(data_record(config))  # the cache it trains on, with checksums
         self.train_sampler = EpisodeSampler(
             splits["train"],
             config.ways,

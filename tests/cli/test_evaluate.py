@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from metaacdc.api import load
 from metaacdc.cli import main
 from metaacdc.data import class_files_from_split, freeze, prepare, synthetic_split
 from metaacdc.evaluation.evaluator import evaluate
-from tests.conftest import REPO
+from tests.command_line import run_in_process, run_process
 from tests.tiny_runs import (
     IMAGE_SIZE,
     IMAGES_PER_CLASS,
@@ -24,6 +22,10 @@ from tests.tiny_runs import (
     make_run,
     synthetic,
 )
+
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -106,31 +108,16 @@ def test_evaluate_on_a_prepared_cache(
     assert table.task.str.isdigit().sum() == 2
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "metaacdc", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-
-
 def test_missing_run_folder_is_one_line_in_a_real_process(tmp_path: Path) -> None:
-    result = run_cli(str(tmp_path / "absent"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"metaacdc evaluate: error: {tmp_path / 'absent'}: run folder not found"
-    ]
+    """The errors below run in this process; this one runs as the console script does."""
+    line = run_process(["evaluate", str(tmp_path / "absent")]).one_error_line()
+    assert line == f"metaacdc evaluate: error: {tmp_path / 'absent'}: run folder not found"
 
 
-def test_not_a_checkpoint_is_one_line_in_a_real_process(tmp_path: Path) -> None:
+def not_a_checkpoint(tmp_path: Path) -> Path:
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.pt").write_text("hello")
-    result = run_cli(str(tmp_path))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not a readable metaacdc checkpoint" in lines[0]
-    assert "Traceback" not in result.stderr
+    return tmp_path
 
 
 def foreign_manifest(tmp_path: Path) -> Path:
@@ -154,6 +141,7 @@ def small_cache(tmp_path: Path) -> Path:
     ("make_args", "message"),
     [
         (lambda run, tmp: [str(tmp)], "no checkpoints/best.pt or last.pt"),
+        (lambda run, tmp: [str(not_a_checkpoint(tmp))], "not a readable metaacdc checkpoint"),
         (lambda run, tmp: [run, "--tasks", "0"], "--tasks=0"),
         (lambda run, tmp: [run, "--inner-steps", "-2"], "--inner-steps=-2"),
         (lambda run, tmp: [run, "--split", "dev"], "--split='dev'"),
@@ -170,6 +158,7 @@ def small_cache(tmp_path: Path) -> Path:
     ],
     ids=[
         "no-checkpoint",
+        "not-a-checkpoint",
         "tasks",
         "inner-steps",
         "split",
@@ -186,12 +175,11 @@ def small_cache(tmp_path: Path) -> Path:
     ],
 )
 def test_errors_are_one_line(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, make_args, message: str
+    run_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], make_args, message: str
 ) -> None:
-    assert main(["evaluate", "--device", "cpu", *make_args(str(run_dir), tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("metaacdc evaluate: error: ") and message in err[0], err
+    argv = ["evaluate", "--device", "cpu", *make_args(str(run_dir), tmp_path)]
+    line = run_in_process(argv, capfd).one_error_line()
+    assert line.startswith("metaacdc evaluate: error: ") and message in line, line
 
 
 def test_more_tasks_than_the_manifest_holds(

@@ -152,11 +152,13 @@ def test_a_kind_object_needs_no_registration() -> None:
     assert model.conv_label == "unregistered"
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_user_kind_trains_from_a_yaml_config_on_the_cli(tmp_path: Path) -> None:
     file = tmp_path / "toy.yaml"
     file.write_text(
         f"conv: {NAME}\natoms: 3\nimage_size: 32\nsynthetic_images_per_class: 20\n"
         "meta_updates: 2\nval_every: 2\nval_tasks: 2\nmeta_batch: 1\nworkers: 0\n"
+        "inner_steps: 1\nqueries: 2\ntest_queries: 2\n"  # small tasks: only the kind matters
     )
     run = tmp_path / "run"
     assert main(["train", "--config", str(file), "--out", str(run), "--device", "cpu"]) == 0

@@ -83,9 +83,9 @@ def test_extracted_folders_equal_zips(omniglot_root: Path, tmp_path: Path) -> No
 
 
 def test_missing_and_empty_roots_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nowhere: Omniglot folder not found"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere: Omniglot source not found"):
         plan_splits(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"none of images_background, .* found"):
+    with pytest.raises(ConfigError, match=r"no Omniglot drawings \(<Alphabet>/characterNN"):
         plan_splits(tmp_path)
     (tmp_path / "images_background.zip").write_bytes(b"PK broken")
     with pytest.raises(ConfigError, match=r"images_background\.zip: not a readable zip"):

@@ -45,7 +45,8 @@ def test_summary_is_mean_and_ci95_of_the_task_accuracies(result: EvalResult) -> 
 def test_evaluator_equals_learn2learn_by_hand(
     learner: Learner, sampler: EpisodeSampler, result: EvalResult
 ) -> None:
-    """Independent loop: learn2learn MAML on a copy of the model, first order, 5 steps."""
+    """Independent loop: learn2learn MAML on a copy of the model, first order, 10 steps
+    (the run's test-time steps: twice its 5 training steps by default)."""
     maml = l2l.algorithms.MAML(
         copy.deepcopy(learner.meta.model), lr=learner.config.inner_lr, first_order=True
     )
@@ -53,10 +54,11 @@ def test_evaluator_equals_learn2learn_by_hand(
     for i in range(TASKS):
         support_x, support_y, query_x, query_y, _ = sampler.episode(i)
         clone = maml.clone()
-        for _ in range(5):
+        for _ in range(10):
             clone.adapt(F.cross_entropy(clone(support_x), support_y))
         with torch.no_grad():
             expected.append((clone(query_x).argmax(1) == query_y).float().mean().item())
+    assert learner.config.test_inner_steps == 10
     np.testing.assert_allclose(result.accuracies, expected, atol=1e-6)
     assert result.mean == pytest.approx(np.mean(expected), abs=1e-6)
     assert result.ci95 == pytest.approx(1.96 * np.std(expected) / np.sqrt(TASKS), abs=1e-6)

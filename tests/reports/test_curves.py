@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from metaacdc.backbones import DEPTH_STUDY
@@ -29,10 +28,16 @@ from metaacdc.reports.curves import (
 )
 from metaacdc.runs.folder import RunFolder
 from metaacdc.runs.lock import claim, training_lock
+from tests.command_line import run_in_process, run_process
 from tests.conftest import REPO
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 TINY = {
     "image_size": 16,
@@ -88,7 +93,12 @@ def finished_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shared by the tests that only read it or rerun it without changing it."""
     folder = tmp_path_factory.mktemp("grid")
     out = folder / "curve"
-    assert curve(out, write_tiny_config(folder)) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests are (set up before their one_thread fixture)
+    try:
+        assert curve(out, write_tiny_config(folder)) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -218,12 +228,24 @@ def test_curve_skips_runs_another_process_works_on(tmp_path, base_config, capsys
         (["curve", "--eval-processes", "0"], "--eval-processes=0"),
     ],
 )
-def test_errors_exit_2_with_one_line(argv: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "metaacdc", *argv], capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+def test_errors_exit_2_with_one_line(
+    argv: list[str], message: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert message in run_in_process(argv, capfd).one_error_line()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["curve", "--acdc", "everything"], "--acdc='everything' is not valid"),
+        (["report", "/no/such/run"], "not a run folder"),
+    ],
+    ids=["curve", "report"],
+)
+def test_an_error_is_one_line_in_a_real_process(argv: list[str], message: str) -> None:
+    """One case of each command as the console script runs it; the tables run in this
+    process."""
+    assert message in run_process(argv).one_error_line()
 
 
 def _table(dataset: str, ways: int = 5) -> pd.DataFrame:
@@ -362,13 +384,10 @@ def test_shipped_manifests_by_task_shape() -> None:
         (["--inner-lr", "fast"], "argument --inner-lr: invalid float value: 'fast'"),
     ],
 )
-def test_curve_option_errors(tmp_path, base_config, extra, message) -> None:
+def test_curve_option_errors(
+    tmp_path, base_config, extra, message, capfd: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)  # the relative paths above are the repository's
     argv = ["curve", "--backbones", "conv4", "--config", str(base_config), *extra]
-    result = subprocess.run(
-        [sys.executable, "-m", "metaacdc", *argv, "--out", str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    outcome = run_in_process([*argv, "--out", str(tmp_path / "c")], capfd)
+    assert message in outcome.one_error_line()

@@ -19,6 +19,10 @@ from metaacdc.reports.estimate import (
 )
 from metaacdc.reports.summary import forward_flops
 
+#: counting runs small operators on tiny tasks: one thread (see one_thread in
+#: tests/conftest.py); operator counts do not depend on it
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = TrainConfig(image_size=16, meta_updates=100, val_every=50, val_tasks=10)
 
 

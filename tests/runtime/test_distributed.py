@@ -38,14 +38,22 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 MANIFEST_TASKS = 5  # odd: the two processes take 3 and 2 tasks
 
 
+def torchrun_command(*args: str) -> list[str]:
+    return [*TORCHRUN, "2", "-m", "tests.torchrun_worker", *args]
+
+
+def torchrun_environment(**env: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **env}  # as in one_thread() below
+
+
 def torchrun(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*TORCHRUN, "2", "-m", "tests.torchrun_worker", *args],
+        torchrun_command(*args),
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},  # as in one_thread() below
+        env=torchrun_environment(**env),
     )
 
 
@@ -177,20 +185,45 @@ def test_distributed_evaluation_equals_single_process(jobs: dict) -> None:
     assert jobs["stdout"].count("finished; best validation accuracy") == 4  # and 1 stopped
 
 
+@pytest.fixture(scope="module")
+def failing_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
+    """The exit code and stderr of the two failing jobs, run side by side: the stall job
+    mostly waits for rank 0's timeout (raise: the default timeout, the gather fails as rank
+    1's connection closes; stall: 8 s, long enough for both processes to start on a busy
+    machine). A hang fails the tests at the 120 s limit of each, killing the job."""
+    folder = tmp_path_factory.mktemp("failing")
+    timeouts = {"raise": {}, "stall": {distributed.TIMEOUT_VARIABLE: "8"}}
+    started = {}
+    with contextlib.ExitStack() as stack:
+        for mode, timeout in timeouts.items():
+            stderr = stack.enter_context((folder / f"{mode}.err").open("w"))
+            started[mode] = subprocess.Popen(
+                torchrun_command(mode),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd=REPO,
+                env=torchrun_environment(**timeout),
+            )
+        try:
+            codes = {mode: job.wait(timeout=120) for mode, job in started.items()}
+        finally:
+            for job in started.values():
+                if job.poll() is None:
+                    job.kill()
+                    job.wait()
+    return {mode: (code, (folder / f"{mode}.err").read_text()) for mode, code in codes.items()}
+
+
 @pytest.mark.parametrize("mode", ["raise", "stall"])
-def test_a_failing_rank_ends_the_job(mode: str) -> None:
+def test_a_failing_rank_ends_the_job(failing_jobs: dict[str, tuple[int, str]], mode: str) -> None:
     """Rank 1 raises (rank 0's gather fails as its peer goes) or never comes to the gather
-    (rank 0 gives up after the timeout): torchrun exits 1, the failing rank's error shown.
-    A hang fails the test at the subprocess timeout."""
-    # raise: the default timeout (the gather fails as rank 1's connection closes); stall: 8 s,
-    # long enough for both processes to start on a busy machine
-    timeout = {} if mode == "raise" else {distributed.TIMEOUT_VARIABLE: "8"}
-    job = torchrun(mode, timeout=120, **timeout)
-    assert job.returncode == 1, job.stderr[-3000:]
+    (rank 0 gives up after the timeout): torchrun exits 1, the failing rank's error shown."""
+    code, stderr = failing_jobs[mode]
+    assert code == 1, stderr[-3000:]
     if mode == "raise":
-        assert f"[rank1]: RuntimeError: {FAILURE}" in job.stderr
+        assert f"[rank1]: RuntimeError: {FAILURE}" in stderr
     else:  # rank 0 gave up after the 8 s set, not the default half hour
-        assert re.search(r"\[rank0\]: .*imed out .*\b8000 ?ms", job.stderr), job.stderr[-3000:]
+        assert re.search(r"\[rank0\]: .*imed out .*\b8000 ?ms", stderr), stderr[-3000:]
 
 
 def test_shards_cover_every_task_once() -> None:

@@ -6,7 +6,8 @@ Accepted under ``root``:
   or directly in ``root``. CSVs are read from ``root/{split}.csv`` when present, else the
   copies shipped with metaacdc (Ravi & Larochelle 2017).
 - ``"pickle"``: ``root/mini-imagenet-cache-{split}.pkl`` (``-validation`` accepted for val)
-  holding ``image_data`` (``N x 84 x 84 x 3`` uint8) and ``class_dict`` (name -> indices).
+  holding ``image_data`` (``N x 84 x 84 x 3`` uint8) and ``class_dict`` (name -> indices),
+  read with :mod:`~metaacdc.data.sources.safe_pickle` (no code from the file runs).
 - ``"folders"``: ``root/{split}/{class name}/{image files}``.
 
 Whatever the layout, classes are in sorted name order and images of a class in sorted
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import pickle
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from metaacdc.data.sources import safe_pickle
 from metaacdc.data.sources.base import (
     RESAMPLE,
     SplitPlan,
@@ -205,11 +206,12 @@ def _load_pickle(path: Path) -> tuple[np.ndarray, dict[str, list[int]], str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pickle cache not found")
     data = path.read_bytes()
+    # refuses anything but plain data: loading never runs code from the file
+    content = safe_pickle.str_keys(safe_pickle.loads(data, str(path)), str(path))
     try:
-        content = pickle.loads(data)
         images = np.asarray(content["image_data"])
         class_dict = {str(k): [int(i) for i in v] for k, v in content["class_dict"].items()}
-    except Exception as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ConfigError(
             f"{path}: not a miniImageNet pickle cache with image_data and class_dict ({error})"
         ) from error
