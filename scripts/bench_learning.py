@@ -75,6 +75,21 @@ SETTINGS: dict[str, object] = dict(
     val_tasks=20,
 )
 
+#: the columns of the CSV that ``--csv`` appends to (docs/results/bench_learning*.csv)
+COLUMNS = (
+    "date",
+    "commit",
+    "arm",
+    "seed",
+    "updates",
+    "ways",
+    "accuracy",
+    "ci95",
+    "elapsed_s",
+    "tasks",
+    "cpu_s",
+)
+
 #: the reference loop's settings that an arm may change, with their defaults
 REFERENCE_KNOBS: dict[str, object] = dict(
     init="pytorch",  # or "closerlook": kaiming-normal fan-out convs, zero biases (design §4)
@@ -399,9 +414,10 @@ def main() -> None:
         new = pd.DataFrame(
             [{"date": stamp, "commit": _commit(), **r, "tasks": args.tasks} for r in rows]
         )
-        old = [pd.read_csv(args.csv)] if args.csv.is_file() else []  # columns may have grown
+        old = [pd.read_csv(args.csv)] if args.csv.is_file() else []
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        pd.concat([*old, new], ignore_index=True).to_csv(args.csv, index=False)
+        merged = pd.concat([*old, new], ignore_index=True).reindex(columns=list(COLUMNS))
+        merged.to_csv(args.csv, index=False)
 
 
 if __name__ == "__main__":

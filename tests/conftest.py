@@ -3,6 +3,7 @@ path to ../shared."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,16 +19,26 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread within the block, restored on leaving it; for module-scoped
+    fixtures of a module that uses :func:`one_thread` (they are set up before it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a test of small operators, which only lose to thread
     hand-offs (five times slower on two busy cores); restored after the test. Used as
     ``@pytest.mark.usefixtures("one_thread")``, or for a whole module as
     ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture

@@ -25,6 +25,10 @@ from metaacdc.runtime.device import resolve_device
 from tests.data.data_fakes import write_fake_miniimagenet
 from tests.tiny_runs import IMAGE_SIZE, make_run, synthetic, tiny_config
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,7 @@ def _script_constant(script: str, name: str) -> object:
     spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(script, module)  # a script's dataclasses look themselves up there
     spec.loader.exec_module(module)
     return getattr(module, name)
 
@@ -151,6 +153,9 @@ TABLE_KINDS = {
     # instead of writing a table, so their columns are defined here, not in the script
     "bench_maml_history": BENCH_MAML_HISTORY,
     "bench_acdc_history": BENCH_ACDC_HISTORY,
+    # scripts/bench_learning.py --csv: the default run, and its one-difference arms
+    "bench_learning": _script_constant("bench_learning.py", "COLUMNS"),
+    "bench_learning_differences": _script_constant("bench_learning.py", "COLUMNS"),
 }
 TABLES = sorted(
     p for p in (REPO / "docs").glob("**/*") if p.suffix in (".csv", ".md") and p.stem in TABLE_KINDS

@@ -57,7 +57,8 @@ def test_evaluate_prints_a_table_and_writes_csv(
         "(%)",
     ]
     assert row.split()[:6] == [str(run_dir), "conv4", "plain", "5", "1", "4"]
-    assert (run_dir / "eval" / "test-seed2-4tasks-5steps.csv").is_file()
+    # the run's 5 training steps, twice at test by default
+    assert (run_dir / "eval" / "test-seed2-4tasks-10steps.csv").is_file()
     # the numbers are the library's, on the sampler the CLI documents
     learner = load(run_dir, device="cpu")
     sampler = evaluation_episodes(learner, seed=2)

@@ -18,6 +18,10 @@ from metaacdc.runs.experiment import evaluation_transform
 from metaacdc.runtime import budget
 from tests.tiny_runs import TEST_QUERIES, frozen_episodes, synthetic
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FROZEN_TASKS = 50
 CPU = torch.device("cpu")
 

@@ -12,7 +12,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from metaacdc.backbones import DEPTH_STUDY
@@ -29,7 +28,7 @@ from metaacdc.reports.curves import (
 from metaacdc.runs.folder import RunFolder
 from metaacdc.runs.lock import claim, training_lock
 from tests.command_line import run_in_process, run_process
-from tests.conftest import REPO
+from tests.conftest import REPO, single_thread
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -93,12 +92,8 @@ def finished_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shared by the tests that only read it or rerun it without changing it."""
     folder = tmp_path_factory.mktemp("grid")
     out = folder / "curve"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the tests are (set up before their one_thread fixture)
-    try:
+    with single_thread():  # as the tests run (set up before their one_thread fixture)
         assert curve(out, write_tiny_config(folder)) == 0
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -352,7 +347,8 @@ def test_curve_tests_every_run_on_its_frozen_episodes(
     assert curve(out, base_config, *extra) == 0
     evaluations = sorted(p.name for p in out.glob("*/eval/*.csv"))
     assert evaluations == sorted(
-        [f"test-tiny-test-5w{s}s-3q-4tasks-1steps.csv" for s in (1, 5) for _ in range(2)]
+        # one training step, twice at test by default
+        [f"test-tiny-test-5w{s}s-3q-4tasks-2steps.csv" for s in (1, 5) for _ in range(2)]
     )
     assert (pd.read_csv(out / "curve.csv")["tasks"] == 4).all()
     # each cell is `metaacdc evaluate --episodes` of the manifest of its run's task shape

@@ -23,7 +23,8 @@ from metaacdc.reports.summary import forward_flops
 #: tests/conftest.py); operator counts do not depend on it
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = TrainConfig(image_size=16, meta_updates=100, val_every=50, val_tasks=10)
+# as many test-time as training steps, so training's extra work is what is compared
+TINY = TrainConfig(image_size=16, meta_updates=100, val_every=50, val_tasks=10, test_inner_steps=5)
 
 
 def test_model_costs_match_the_flop_counter() -> None:

@@ -175,7 +175,7 @@ def test_resume_with_another_number_of_processes(jobs: dict, name: str) -> None:
 
 
 def test_distributed_evaluation_equals_single_process(jobs: dict) -> None:
-    name = f"test-tiny-3w1s-{MANIFEST_TASKS}tasks-5steps.csv"
+    name = f"test-tiny-3w1s-{MANIFEST_TASKS}tasks-10steps.csv"  # 5 steps, twice at test
     two = pd.read_csv(jobs["two"] / "untrained" / "eval" / name, dtype={"task": str})
     one = pd.read_csv(jobs["one"] / "untrained" / "eval" / name, dtype={"task": str})
     assert list(two.task) == [*map(str, range(MANIFEST_TASKS)), "mean", "ci95"]

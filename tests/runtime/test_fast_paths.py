@@ -28,6 +28,10 @@ from metaacdc.runtime import memory
 from metaacdc.runtime.fast_paths import cpu_fast_paths, cpu_fast_paths_enabled
 from tests.tiny_runs import evaluation_episodes, make_run
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE, WAYS, STEPS = 16, 3, 2
 
 # ------------------------------------------------------------------------------- the switch

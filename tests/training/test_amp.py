@@ -21,6 +21,10 @@ from metaacdc.training import meta_train_step
 from metaacdc.training.step import StepStats
 from tests.tiny_runs import IMAGE_SIZE, synthetic
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WAYS = 3
 #: Measured (3-way 1-shot 4-query and 5-way 1- and 5-shot tasks of 32 px images, sampler
 #: seeds 0-2, plain and acdc-net, first and second order; 36 cases): the query loss within

@@ -15,6 +15,10 @@ from metaacdc.data import Episode
 from metaacdc.maml.learner import MetaLearner, adapt_task
 from metaacdc.training import meta_train_step
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LR, STEPS, SIZE = 0.1, 2, 16
 
 
