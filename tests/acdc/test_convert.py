@@ -14,6 +14,10 @@ from torch import nn
 from metaacdc.acdc import ACDCConv2d, convert
 from metaacdc.acdc.layer import Path
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def mixed_convs() -> nn.Sequential:
     """Convs differing in stride, padding, dilation, padding mode, bias and kernel size."""

@@ -14,6 +14,10 @@ from metaacdc.acdc import ACDCConv2d, convert
 from metaacdc.backbones import create_backbone
 from metaacdc.convs import conv_kind
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def acdc_layers(model: nn.Module) -> list[ACDCConv2d]:
     return [m for m in model.modules() if isinstance(m, ACDCConv2d)]

@@ -12,6 +12,10 @@ from metaacdc.backbones import Backbone, create_backbone, list_backbones, regist
 from metaacdc.convs import conv_kind
 from metaacdc.convs.kernel_sharing import Regulator, SharedKernelConv2d
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BACKBONES = ["conv4", "conv6", "resnet10", "resnet18", "resnet34"]
 KINDS = [
     "plain",

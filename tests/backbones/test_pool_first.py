@@ -15,6 +15,10 @@ from metaacdc.backbones.pool_first import pooled_batch_norm
 from metaacdc.convs import conv_kind
 from metaacdc.runtime.fast_paths import cpu_fast_paths
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture
 def pool_first_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:

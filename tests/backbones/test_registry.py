@@ -20,6 +20,10 @@ from metaacdc.reports.model_table import model_table
 from tests.backbones.toy_backbone import NAME
 
 #: design §4-5: CloserLook's input sizes (84 px Conv, 224 px ResNets), ResNets first order
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROTOCOL = {
     "conv4": BackboneMeta(depth=4, image_size=84, first_order=False),
     "conv6": BackboneMeta(depth=6, image_size=84, first_order=False),

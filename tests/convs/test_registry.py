@@ -29,6 +29,10 @@ from metaacdc.convs.sharing import SCOPES
 from metaacdc.errors import ConfigError
 from tests.convs.toy_kind import NAME, ToyKind
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BUILT_IN = [
     "plain",
     *(f"ks-{scope}" for scope in ("net", "stage")),
@@ -152,7 +156,6 @@ def test_a_kind_object_needs_no_registration() -> None:
     assert model.conv_label == "unregistered"
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_a_user_kind_trains_from_a_yaml_config_on_the_cli(tmp_path: Path) -> None:
     file = tmp_path / "toy.yaml"
     file.write_text(

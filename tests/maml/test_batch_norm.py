@@ -12,6 +12,10 @@ from metaacdc.maml.batch_norm import fused_double_backward
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runtime.fast_paths import cpu_fast_paths
 
+#: small operators only lose to thread hand-offs (see one_thread in tests/conftest.py);
+#: every comparison here is between computations of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPS = 1e-5
 
 

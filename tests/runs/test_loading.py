@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import metaacdc
@@ -17,6 +18,10 @@ from metaacdc.runs.folder import RunFolder, checkpoint_payload
 from metaacdc.training import train
 from tests.tiny_runs import IMAGE_SIZE, synthetic, tiny_config
 from tests.training.test_trainer import tiny
+
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); every comparison here is between runs of this process
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def old_data_facts(split: CachedSplit) -> dict[str, Any]:

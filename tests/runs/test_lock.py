@@ -17,6 +17,10 @@ from metaacdc.training import train
 from tests.tiny_runs import make_run, tiny_config
 from tests.training.test_trainer import tiny
 
+#: tiny models, whose small operators only lose to thread hand-offs (see one_thread in
+#: tests/conftest.py); the claim holder is a process of its own
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOLD_CLAIM = """
 import sys
 from pathlib import Path
