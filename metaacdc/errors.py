@@ -21,3 +21,8 @@ def check_probability(name: str, value: object) -> None:
     """Raise ConfigError unless ``value`` is a float in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name}={value!r} is not valid; expected a number in [0, 1)")
+
+
+class NonFiniteError(ConfigError):
+    """Values that must be finite (images, weights, logits, the loss) hold NaN or infinity;
+    the message names which values and where."""

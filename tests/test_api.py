@@ -15,7 +15,7 @@ from PIL import Image
 import metaacdc
 from metaacdc.api import Learner, load
 from metaacdc.data import EpisodeSampler, open_split, prepare
-from metaacdc.errors import ConfigError
+from metaacdc.errors import ConfigError, NonFiniteError
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.maml.learner import InLayout
 from metaacdc.runs.checkpoint import save_checkpoint
@@ -242,6 +242,7 @@ def test_every_input_kind_gives_the_same_tensor(learner: Learner) -> None:
     ("images", "message"),
     [
         ([], "empty list"),
+        (np.zeros((0, 4), dtype=np.uint8), "the image is 4x0 pixels"),
         ([3], "int is not supported"),
         (torch.zeros(3, 8, 8), "must be uint8"),
         (np.zeros((4, 4, 2), dtype=np.uint8), "is not an image"),
@@ -249,7 +250,16 @@ def test_every_input_kind_gives_the_same_tensor(learner: Learner) -> None:
         (np.full((4, 4), 2.0), "outside 0..1"),
         (np.zeros((4, 4), dtype=np.int32), "dtype int32"),
     ],
-    ids=["empty", "int", "float-tensor", "two-channels", "4d-array", "float-range", "int32"],
+    ids=[
+        "empty",
+        "no-pixels",
+        "int",
+        "float-tensor",
+        "two-channels",
+        "4d-array",
+        "float-range",
+        "int32",
+    ],
 )
 def test_preprocess_errors(learner: Learner, images: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -432,3 +442,58 @@ def test_adapt_validates_steps_and_lr(learner: Learner, task, kwargs, message: s
     support_x, support_y, _, _ = task
     with pytest.raises(ConfigError, match=message):
         learner.adapt(support_x, support_y, **kwargs)
+
+
+def test_other_float_types_are_converted_to_the_models(learner: Learner, task) -> None:
+    """float64 (or half) images give what their float32 values give: they are converted to
+    the model's type, by adapt, predict, predict_tasks and the adapted model alike."""
+    support_x, support_y, query_x, _ = task
+    expected, logits = learner.predict(support_x, support_y, query_x, return_logits=True)
+    got, got_logits = learner.predict(
+        support_x.double(), support_y, query_x.double(), return_logits=True
+    )
+    assert got_logits.dtype == torch.float32
+    assert torch.equal(got, expected) and torch.equal(got_logits, logits)
+    model = learner.adapt(support_x.double(), support_y)
+    with torch.no_grad():
+        assert torch.equal(model(query_x.double()), logits)
+    tasks = learner.predict_tasks(
+        support_x[None].double(), support_y[None], query_x[None].double(), return_logits=True
+    )
+    batched = learner.predict_tasks(
+        support_x[None], support_y[None], query_x[None], return_logits=True
+    )
+    assert torch.equal(tasks[1], batched[1])
+    # half precision holds other values; it is converted all the same
+    half = learner.predict(support_x.half(), support_y, query_x.half())
+    assert half.shape == expected.shape and half.dtype == torch.int64
+
+
+def test_a_numpy_step_size_is_a_step_size(learner: Learner, task) -> None:
+    support_x, support_y, query_x, _ = task
+    by_numpy = learner.adapt(support_x, support_y, steps=2, lr=np.float32(0.25))(query_x)
+    by_float = learner.adapt(support_x, support_y, steps=2, lr=0.25)(query_x)
+    assert torch.equal(by_numpy, by_float)
+
+
+def test_the_adapted_model_refuses_to_return_non_finite_logits(learner: Learner, task) -> None:
+    """A huge step size is refused where it makes the adapted weights overflow; an adapted
+    model whose weights are finite but whose logits are not raises when called instead of
+    returning them, and names its input when that is the cause."""
+    support_x, support_y, query_x, _ = task
+    with pytest.raises(NonFiniteError, match=r"diverged after 1 step\(s\) at lr=1e\+20"):
+        learner.adapt(support_x, support_y, steps=1, lr=1e20)
+    model = learner.adapt(support_x, support_y, steps=1, lr=0.5)
+    head = [p for p in model.parameters() if p.dim() == 2][-1]  # the classifier's weight
+    with torch.no_grad():
+        head.div_(head.abs().max()).mul_(1e38)  # finite, and sums of products overflow
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    with pytest.raises(
+        NonFiniteError, match=r"diverged after 1 step\(s\) at lr=0\.5: the adapted "
+    ):
+        model(query_x)
+    sane = learner.adapt(support_x, support_y, steps=1)
+    bad = query_x.clone()
+    bad[2, 0, 5, 5] = float("nan")
+    with pytest.raises(NonFiniteError, match="the input of the adapted model holds 1 non-finite"):
+        sane(bad)

@@ -1,6 +1,7 @@
 """The `metaacdc` command: builds a config from arguments and calls the library.
 
-User mistakes (``ConfigError`` and missing files) are reported in one line, exit code 2.
+User mistakes (``ConfigError`` and missing files) are reported in one line, exit code 2;
+Ctrl-C exits 130 and SIGTERM 143, after the same clean stop.
 """
 
 from __future__ import annotations
@@ -59,8 +60,22 @@ def load_plugins() -> None:
             ) from error
 
 
+class _PoliteKill:
+    """A SIGTERM handler that raises ``KeyboardInterrupt`` as Ctrl-C does (training saves a
+    checkpoint, `curve` keeps what is finished) and remembers that it ran, so the command
+    can exit 143 (128 + SIGTERM) rather than Ctrl-C's 130."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code: 0, 2 for a user's mistake (one line on
+    stderr), 130 after Ctrl-C, 143 after SIGTERM."""
     try:
         load_plugins()
     except ConfigError as error:
@@ -68,16 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    # a polite kill (SIGTERM, e.g. a session ending) is handled like Ctrl-C: training saves a
-    # checkpoint, `curve` keeps what is finished
-    polite_kill = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # a polite kill (SIGTERM, e.g. a session ending) is handled like Ctrl-C
+    polite_kill = _PoliteKill()
+    previous = signal.signal(signal.SIGTERM, polite_kill)
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, FileNotFoundError) as error:
         print(f"metaacdc {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if polite_kill.received:
+            print(f"metaacdc {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + int(signal.SIGTERM)
         print(f"metaacdc {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, polite_kill)
+        signal.signal(signal.SIGTERM, previous)

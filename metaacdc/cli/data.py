@@ -1,4 +1,5 @@
-"""`metaacdc data`: prepare a cache, describe one, freeze episode manifests."""
+"""`metaacdc data`: prepare a cache, describe (and with ``--verify`` check) one, freeze episode
+manifests."""
 
 from __future__ import annotations
 
@@ -86,6 +87,12 @@ def add_parser(sub: Any) -> None:
 
     info = actions.add_parser("info", help="describe a cache folder or one split of it")
     info.add_argument("directory", type=Path)
+    info.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every split's files and check them against the sha256 meta.json records "
+        "(a run checks them when it first opens a split, then again only if they change)",
+    )
     info.set_defaults(handler=run_info)
 
     freeze = actions.add_parser("freeze", help="freeze a list of test tasks into a manifest")
@@ -159,7 +166,7 @@ def run_prepare(args: argparse.Namespace) -> int:
                 f"{split}: {cache / split} ({meta.num_images} images, "
                 f"{len(meta.class_names)} classes, {meta.image_size}px)"
             )
-        print(f"cache: {cache} (metaacdc train --dataset {args.source} --data {cache})")
+        print(f"cache: {cache} (metaacdc train --data {cache})")
         return 0
     settings: dict[str, Any] = {
         "image_size": args.image_size,
@@ -176,10 +183,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(directory: Path) -> str:
+def _describe(directory: Path, verify: bool = False) -> str:
     from metaacdc.data import open_split
+    from metaacdc.data.cache import is_verified
 
-    split = open_split(directory)
+    split = open_split(directory, verify="always" if verify else "never")
     meta = split.meta
     counts = [len(ix) for ix in split.class_indices]
     size = sum(p.stat().st_size for p in directory.iterdir()) / 2**20
@@ -196,6 +204,16 @@ def _describe(directory: Path) -> str:
         + ", ".join(f"{v:.4f}" for v in meta.std),
         f"  source sha256: {meta.source_sha256}",
         f"  images sha256: {meta.images_sha256}",
+        f"  labels sha256: {meta.labels_sha256 or 'not recorded (an older cache)'}",
+        "  checksums: "
+        + (
+            "match (checked now)"
+            if verify
+            else "matched when last checked, files unchanged since"
+            if is_verified(directory, meta)
+            else "not checked since the files last changed (a run checks them when it "
+            "opens the split; `metaacdc data info --verify` checks now)"
+        ),
     ]
     lines += [f"  {key}: {value}" for key, value in sorted(meta.preprocessing.items())]
     return "\n".join(lines)
@@ -208,7 +226,7 @@ def run_info(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such cache directory")
     if (directory / "images.u8").exists() or is_complete(directory):
-        print(_describe(directory))
+        print(_describe(directory, args.verify))
         return 0
     found = [directory / s for s in SPLITS if (directory / s).is_dir()]
     if not found:
@@ -216,7 +234,8 @@ def run_info(args: argparse.Namespace) -> int:
             f"{directory}: holds no cache splits (train/ val/ test/); create "
             "them with `metaacdc data prepare`"
         )
-    print("\n".join(_describe(path) for path in found))
+    descriptions = [_describe(path, args.verify) for path in found]  # all checked first
+    print("\n".join(descriptions))
     return 0
 
 

@@ -1,6 +1,8 @@
 """`metaacdc evaluate`: mean accuracy ± 95% CI of a run over test tasks, written to CSV.
 
-Under ``torchrun`` the processes share the tasks; rank 0 prints the result and writes the CSV.
+The row printed and the CSV name the meta-update of the checkpoint scored (``step``,
+``checkpoint_step``); a run being trained or unfinished gets a note on stderr. Under
+``torchrun`` the processes share the tasks; rank 0 prints the result and writes the CSV.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "evaluate", help="accuracy of a run over test tasks (mean ± 95%% CI), to CSV"
     )
-    parser.add_argument("run", type=Path, metavar="RUN_DIR", help="run folder to evaluate")
+    parser.add_argument(
+        "run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folder to evaluate (its best checkpoint), or one checkpoint in it "
+        "(RUN_DIR/checkpoints/last.pt)",
+    )
     parser.add_argument(
         "--tasks",
         type=int,
@@ -72,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         check_positive_int("--tasks", args.tasks)
     if args.inner_steps is not None:
         check_positive_int("--inner-steps", args.inner_steps, minimum=0)
-    if not args.run.is_dir():
-        raise FileNotFoundError(f"{args.run}: run folder not found")
+    if not args.run.exists():
+        raise FileNotFoundError(f"{args.run}: run folder or checkpoint not found")
 
     from metaacdc.evaluation.run import evaluate_run  # imports learn2learn: after the checks
     from metaacdc.runtime import distributed
@@ -98,11 +106,12 @@ def run(args: argparse.Namespace) -> int:
     config, result, csv = outcome.config, outcome.result, outcome.csv
     ways, shots, tasks = outcome.ways, outcome.shots, outcome.tasks
     rows = [
-        ("run", "backbone", "conv", "ways", "shots", "tasks", "accuracy (%)"),
+        ("run", "backbone", "conv", "step", "ways", "shots", "tasks", "accuracy (%)"),
         (
             str(args.run),
             config.backbone,
             config.conv,
+            str(outcome.checkpoint_step),
             str(ways),
             str(shots),
             str(tasks),

@@ -8,17 +8,24 @@ Settings come from the protocol defaults, then ``--config FILE``, then the comma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from metaacdc.cli.options import ACDC_SHARES, KERNEL_SHARES, add_conv_option, conv_spec, given
-from metaacdc.config import DATASETS, TrainConfig, build_config
+from metaacdc.config import DATASETS, TrainConfig, build_config, load_config_file
 from metaacdc.errors import ConfigError
 
 #: (flag, config field, type, help); flags left unset do not override the config file.
 OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
     ("--backbone", "backbone", str, "conv4, conv6, resnet10, resnet18 or resnet34"),
-    ("--dataset", "dataset", str, f"one of {', '.join(DATASETS)} (default synthetic)"),
+    (
+        "--dataset",
+        "dataset",
+        str,
+        f"one of {', '.join(DATASETS)} (default: the one a --data cache records; synthetic "
+        "without --data)",
+    ),
     ("--data", "data", str, "a cache, or a raw source (archive, its folder, a folder of them)"),
     (
         "--data-protocol",
@@ -105,21 +112,47 @@ def add_parser(sub: Any) -> None:
     add_conv_option(parser)
     parser.add_argument("--config", type=Path, help="YAML or TOML file of settings")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with the settings its folder holds (flags given again "
+        "must agree; --device, --workers and --stop-after may change)",
+    )
     parser.add_argument(
         "--stop-after", type=int, default=None, help="do at most N meta-updates now (resume later)"
     )
     parser.set_defaults(handler=run)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Protocol defaults < ``--config`` file < command line, by
-    :func:`~metaacdc.config.build_config`: the flags given are its overrides."""
+def settings_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line sets: the flags given (``--acdc``/``--kernel-sharing``
+    /``--conv`` as ``conv``)."""
     overrides = given(args, [o[1] for o in OPTIONS] + [f[1] for f in FLAGS] + ["augment"])
     conv = conv_spec(args.acdc, args.kernel_sharing, args.conv)
     if conv is not None:
         overrides["conv"] = conv
-    return build_config(args.config, overrides, source="command line")
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Protocol defaults < ``--config`` file < command line, by
+    :func:`~metaacdc.config.build_config`: the flags given are its overrides."""
+    return build_config(args.config, settings_given(args), source="command line")
+
+
+def resumed_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    """The settings of the run in ``out`` (:func:`~metaacdc.training.trainer.saved_settings`)
+    with the ``--config`` file's and the flags' on top; :func:`~metaacdc.training.train`
+    refuses those that differ from the run's, listing them."""
+    from metaacdc.training.trainer import saved_settings
+
+    flags = settings_given(args)
+    settings = build_config(args.config, flags, source="command line")
+    given_names = set(flags)
+    if args.config is not None:
+        given_names |= set(load_config_file(args.config))
+    saved = saved_settings(out)
+    return dataclasses.replace(saved, **{name: getattr(settings, name) for name in given_names})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     from metaacdc.runtime import distributed
     from metaacdc.training import TrainingDivergedError, train
 
-    config = resolve(config_from_args(args))
-    out = args.out or Path("runs") / run_name(config)
+    config = config_from_args(args)
+    out = args.out or Path("runs") / run_name(resolve(config, source="command line"))
+    config = resolve(resumed_config(args, out) if args.resume else config, source="command line")
     with distributed.join(config.device) as world:
         try:
             summary = train(config, out, resume=args.resume, stop_after=args.stop_after)

@@ -5,97 +5,71 @@ A split directory holds
 - ``images.u8``: raw ``uint8`` pixels, shape ``N x H x W x C`` (C-order, no header);
 - ``labels.npy``: ``int64`` class index of every image;
 - ``meta.json``: :class:`CacheMeta` (format version, source, class names, filenames, pixel
-  statistics, checksums and every preprocessing choice).
+  statistics, checksums and every preprocessing choice), with a sha256 of its own content;
+- ``.verified.json``: which files were last checked against the checksums (written by
+  :func:`verify_split`; an optimisation only, never trusted for files that changed since).
 
 ``meta.json`` is written last, inside a temporary directory that is then renamed into place,
 so a directory with a ``meta.json`` is complete and an interrupted write leaves none.
+
+A split is checked when it is first opened (:func:`open_split`): ``images.u8`` and
+``labels.npy`` must have the sha256 ``meta.json`` records, so bytes changed in place (a bad
+disk, a stray write) are refused instead of trained on. The stamp ``.verified.json``
+remembers each file checked by its size, modification and change times, inode and device,
+so later opens (every training or evaluation start, every process of a ``torchrun`` job)
+skip the hashing until
+a file changes; a cache copied elsewhere is checked once more. Hashing a miniImageNet-sized
+split (60,000 images of 84x84x3, 1.27 GB) takes about 1 s on the development machine
+(``data/README.md``, measured with ``scripts/time_cache_check.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from metaacdc.errors import ConfigError
+from metaacdc.data.cache_meta import FORMAT_VERSION, IMAGES_FILE, LABELS_FILE, META_FILE, CacheMeta
+from metaacdc.data.integrity import (
+    VERIFIED_FILE,
+    checksums,
+    file_sha256,
+    identity,
+    is_verified,
+    verify_split,
+    write_stamp,
+)
+from metaacdc.errors import ConfigError, check_choice
 
-FORMAT_VERSION = 1
-IMAGES_FILE = "images.u8"
-LABELS_FILE = "labels.npy"
-META_FILE = "meta.json"
+__all__ = [  # the cache's names, wherever they are defined
+    "FORMAT_VERSION",
+    "IMAGES_FILE",
+    "LABELS_FILE",
+    "META_FILE",
+    "SPLITS",
+    "VERIFIED_FILE",
+    "VERIFY",
+    "CacheMeta",
+    "CachedSplit",
+    "SplitWriter",
+    "file_sha256",
+    "is_complete",
+    "is_verified",
+    "open_split",
+    "pixel_stats",
+    "remove_stale_temporaries",
+    "split_dir",
+    "verify_split",
+]
+
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class CacheMeta:
-    """Everything recorded beside one split's pixels.
-
-    Attributes:
-        source: ``"miniimagenet"``, ``"omniglot"`` or ``"synthetic"``.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        image_size: side ``H == W`` in pixels.
-        channels: ``C`` (3 for RGB, 1 for grayscale).
-        num_images: ``N``.
-        class_names: class name of each class index, in index order.
-        filenames: per-image source filename (the split-CSV filename for miniImageNet), or
-            ``None`` when the source has none (synthetic).
-        mean: per-channel pixel mean of the split, pixels scaled to ``[0, 1]``.
-        std: per-channel pixel standard deviation, same scale.
-        source_sha256: sha256 of the source inputs read (or of the generator parameters).
-        fingerprint: cheap sha256 of input names, sizes and parameters; decides whether an
-            existing split can be kept when ``prepare`` runs again.
-        images_sha256: sha256 of ``images.u8``.
-        preprocessing: every choice applied to the source pixels (resampling, inversion,
-            rotations, layout, split seed); adaptation of user images must repeat it.
-        format_version: version of this layout; other versions are refused.
-    """
-
-    source: str
-    split: str
-    image_size: int
-    channels: int
-    num_images: int
-    class_names: list[str]
-    filenames: list[str] | None
-    mean: list[float]
-    std: list[float]
-    source_sha256: str
-    fingerprint: str
-    images_sha256: str
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        """Serialise to indented JSON."""
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_file(cls, path: Path) -> CacheMeta:
-        """Read ``meta.json``; raise ConfigError naming it if it is unreadable or too new/old."""
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(
-                f"{path}: unreadable cache metadata ({error}); rerun "
-                "`metaacdc data prepare ... --force`"
-            ) from error
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ConfigError(
-                f"{path}: cache format version {version!r}, this metaacdc reads version "
-                f"{FORMAT_VERSION}; rerun `metaacdc data prepare ... --force` to rebuild it"
-            )
-        try:
-            return cls(**raw)
-        except TypeError as error:
-            raise ConfigError(f"{path}: malformed cache metadata ({error})") from error
+#: ``open_split``'s checks of the files against their recorded checksums
+VERIFY = ("once", "always", "never")
 
 
 class CachedSplit:
@@ -199,20 +173,30 @@ def is_complete(directory: Path | str) -> bool:
 
 
 def open_split(
-    directory: Path | str, *, image_size: int | None = None, channels: int | None = None
+    directory: Path | str,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    verify: Literal["once", "always", "never"] = "once",
 ) -> CachedSplit:
     """Open a split directory memory-mapped, read-only.
 
     Args:
-        directory: a split directory written by :func:`write_split` (``<cache>/<split>``).
+        directory: a split directory written by :class:`SplitWriter` (``<cache>/<split>``).
         image_size: if given, refuse a cache of another image size.
         channels: if given, refuse a cache with another number of channels.
+        verify: check ``images.u8`` and ``labels.npy`` against the sha256 ``meta.json``
+            records (:func:`verify_split`): ``"once"`` unless the stamp says these very
+            files were checked before, ``"always"`` (``metaacdc data info --verify``), or
+            ``"never"`` (describing a cache without reading its pixels).
 
     Raises:
         FileNotFoundError: the directory does not exist.
-        ConfigError: the split is incomplete, damaged, of another format version, or of
+        ConfigError: the split is incomplete, damaged (a file missing, of the wrong size, or
+            whose checksum differs from the recorded one), of another format version, or of
             another image size / channel count than asked for.
     """
+    check_choice("verify", verify, VERIFY)
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(
@@ -233,6 +217,13 @@ def open_split(
     if channels is not None and meta.channels != channels:
         raise ConfigError(f"{meta_path}: cache has {meta.channels} channels, not {channels}")
     images = _map_images(directory / IMAGES_FILE, meta)
+    if not (directory / LABELS_FILE).is_file():
+        raise ConfigError(
+            f"{directory / LABELS_FILE}: missing; the cache is damaged, rerun "
+            "`metaacdc data prepare ... --force`"
+        )
+    if verify != "never":
+        verify_split(directory, meta, full=verify == "always")
     try:
         labels = np.load(directory / LABELS_FILE)
     except (OSError, ValueError) as error:
@@ -261,15 +252,6 @@ def pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], lis
     mean = total / count
     var = np.maximum(squares / count - mean**2, 0.0)
     return (mean / 255.0).tolist(), (np.sqrt(var) / 255.0).tolist()
-
-
-def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SplitWriter:
@@ -311,12 +293,15 @@ class SplitWriter:
             self.images.flush()
         mean, std = pixel_stats(self.images)
         np.save(self.tmp / LABELS_FILE, np.asarray(labels, dtype=np.int64))
+        identities = {name: identity(self.tmp / name) for name in (IMAGES_FILE, LABELS_FILE)}
         meta = CacheMeta(
             **meta_without_stats,
             mean=mean,
             std=std,
             images_sha256=file_sha256(self.tmp / IMAGES_FILE),
+            labels_sha256=file_sha256(self.tmp / LABELS_FILE),
         )
+        meta = replace(meta, meta_sha256=meta.content_sha256())
         (self.tmp / META_FILE).write_text(meta.to_json())
         self.images = None
         old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}")
@@ -325,6 +310,10 @@ class SplitWriter:
         self.tmp.rename(self.directory)
         if old.exists():
             shutil.rmtree(old)
+        # the checksums were just computed from these very files: the first open skips them
+        if all(identity(self.directory / n) == i for n, i in identities.items()):
+            stamp = {n: [d, *identities[n]] for n, d in checksums(meta).items()}
+            write_stamp(self.directory, stamp)
         return meta
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from metaacdc.data.normalise import Normalise
 from metaacdc.data.sources.base import decode_image, read_bytes, resize_array
-from metaacdc.errors import ConfigError
+from metaacdc.errors import ConfigError, NonFiniteError
 
 ImageLike: TypeAlias = Image.Image | np.ndarray | str | Path | Tensor
 """One raw image: a PIL image, an ``H x W (x C)`` array, a file path or a uint8 tensor."""
@@ -45,7 +45,9 @@ class ImagePreprocessor:
         ``(N, C, H, W)`` float32 on the CPU.
 
         Raises:
-            ConfigError: an input of an unsupported type, shape or dtype, or an empty list.
+            ConfigError: an input of an unsupported type, shape or dtype, an image of no
+                pixels (0 wide or high), or an empty list.
+            NonFiniteError: (a ``ConfigError``) a float array holding NaN or infinity.
             FileNotFoundError: a path that does not exist.
         """
         if isinstance(images, Tensor) and images.dim() == 4:
@@ -76,6 +78,7 @@ class ImagePreprocessor:
                     f"images[{index}]: {type(item).__name__} is not supported; accepted: a PIL "
                     "image, a numpy array, a file path, a uint8 tensor, or a list of these"
                 )
+            _check_size(item.width, item.height, index)
             array = resize_array(item.convert(mode), self.image_size)
         if self.inverted:
             array = 255 - array  # after resizing, as the Omniglot cache does
@@ -102,10 +105,17 @@ def _array_to_image(array: np.ndarray, index: int) -> Image.Image:
             f"images[{index}]: array of shape {array.shape} is not an image; expected "
             "H x W or H x W x C with C in 1, 3, 4"
         )
+    _check_size(array.shape[1], array.shape[0], index)
     if array.dtype == np.uint8:
         pixels = array
     elif np.issubdtype(array.dtype, np.floating):
-        if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
+        if not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise NonFiniteError(
+                f"images[{index}]: float array holds {bad} non-finite value(s) (NaN or "
+                f"infinity) of {array.size}; give floats in 0..1 or uint8 in 0..255"
+            )
+        if array.min() < 0 or array.max() > 1:
             raise ConfigError(
                 f"images[{index}]: float array with values outside 0..1; give floats in "
                 "0..1 or uint8 in 0..255"
@@ -118,3 +128,12 @@ def _array_to_image(array: np.ndarray, index: int) -> Image.Image:
         )
     mode = "L" if pixels.ndim == 2 else ("RGB" if pixels.shape[2] == 3 else "RGBA")
     return Image.fromarray(np.ascontiguousarray(pixels), mode)
+
+
+def _check_size(width: int, height: int, index: int) -> None:
+    """Refuse an image without pixels, which would otherwise resize to a blank input."""
+    if width < 1 or height < 1:
+        raise ConfigError(
+            f"images[{index}]: the image is {width}x{height} pixels (width x height), "
+            "which is empty; give a picture of at least 1x1 pixel"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,9 +23,10 @@ from metaacdc.data.cache import (
     is_complete,
     remove_stale_temporaries,
     split_dir,
+    verify_split,
 )
 from metaacdc.data.sources import benchmarks
-from metaacdc.data.sources.base import SplitPlan
+from metaacdc.data.sources.base import SplitPlan, check_image_size
 from metaacdc.errors import ConfigError, check_choice
 
 SOURCES = ("miniimagenet", "omniglot", "synthetic", *benchmarks.DEFAULT_IMAGE_SIZES)
@@ -34,7 +36,9 @@ PREPARE_LOCK = ".{name}.prepare.lock"
 
 @dataclass(frozen=True)
 class PrepareResult:
-    """Outcome for one split: ``"written"`` or ``"kept"`` (already complete and matching)."""
+    """Outcome for one split: ``"written"``, ``"kept"`` (already complete, matching and
+    intact) or ``"repaired"`` (complete and matching, but its files no longer had their
+    recorded checksums: written again)."""
 
     split: str
     directory: Path
@@ -49,6 +53,8 @@ def plan_splits(
     check_choice("source", source, SOURCES)
     for split in splits:
         check_choice("split", split, SPLITS)
+    if image_size is not None:  # 0 is a mistake, not "the default"
+        check_image_size(image_size)
     if source == "synthetic":
         from metaacdc.data.sources import synthetic
 
@@ -61,12 +67,12 @@ def plan_splits(
     if source == "miniimagenet":
         from metaacdc.data.sources import miniimagenet
 
-        return [
-            miniimagenet.plan_split(root, s, image_size=image_size or 84, **options) for s in splits
-        ]
+        size = 84 if image_size is None else image_size
+        return [miniimagenet.plan_split(root, s, image_size=size, **options) for s in splits]
     from metaacdc.data.sources import omniglot
 
-    return omniglot.plan_splits(root, splits, image_size=image_size or 28, **options)
+    size = 28 if image_size is None else image_size
+    return omniglot.plan_splits(root, splits, image_size=size, **options)
 
 
 def prepare(
@@ -83,8 +89,10 @@ def prepare(
 ) -> list[PrepareResult]:
     """Write the cache of ``source`` under ``out/<split>/``.
 
-    Splits already complete with the same fingerprint are kept (resume after an interrupt).
-    A complete split built from other inputs or parameters is refused unless ``force``.
+    Splits already complete with the same fingerprint are kept (resume after an interrupt),
+    once their files are checked against their recorded checksums; damaged ones are written
+    again. A complete split built from other inputs or parameters is refused unless
+    ``force``.
 
     Args:
         source: one of :data:`SOURCES` (``"miniimagenet"``, ``"omniglot"``, ``"synthetic"``,
@@ -123,11 +131,13 @@ def write_plans(
     split at once.
     """
     out = Path(out)
+    for plan in plans:  # refuse before writing anything, the lock file included
+        _check_overwrite(plan, split_dir(out, plan.split), force)
     out.mkdir(parents=True, exist_ok=True)
     folder = out.resolve()
     with waiting_lock(folder.with_name(PREPARE_LOCK.format(name=folder.name)), str(out), progress):
         remove_stale_temporaries(out)
-        for plan in plans:  # refuse before writing anything
+        for plan in plans:  # again: another process may have written a split meanwhile
             _check_overwrite(plan, split_dir(out, plan.split), force)
         results = []
         for plan in plans:
@@ -172,18 +182,71 @@ def _check_overwrite(plan: SplitPlan, directory: Path, force: bool) -> None:
         raise ConfigError(f"{error} (or pass --force to overwrite it)") from error
     if existing.fingerprint != plan.fingerprint:
         raise ConfigError(
-            f"{directory}: holds a different cache ({existing.source}, "
-            f"{existing.image_size}px, {existing.num_images} images) than the one asked for "
-            f"({plan.source}, {plan.image_size}px, {len(plan)} images); pass --force to "
-            "overwrite it or choose another --out"
+            f"{directory}: holds a different cache than the one asked for "
+            f"({'; '.join(differences(existing, plan))}); pass --force to overwrite it or "
+            "choose another --out"
         )
 
 
+def differences(existing: CacheMeta, plan: SplitPlan) -> list[str]:
+    """What differs between a prepared split and the plan for one (``existing`` then
+    asked for): its source, size, images, classes and preprocessing choices; when none of
+    them does, the one thing left in a fingerprint, the input files' names and sizes."""
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    found = [
+        f"{name} {shown(old)} here, {shown(new)} asked for"
+        for name, old, new in (
+            ("source", existing.source, plan.source),
+            ("image size", existing.image_size, plan.image_size),
+            ("channels", existing.channels, plan.channels),
+            ("images", existing.num_images, len(plan)),
+            ("classes", len(existing.class_names), len(plan.class_names)),
+        )
+        if old != new
+    ]
+    if not found and existing.class_names != list(plan.class_names):
+        found.append("other class names")
+    before = _flat(existing.preprocessing)
+    after = _flat(json.loads(json.dumps(plan.preprocessing)))  # tuples as JSON lists
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key) != after.get(key):
+            old, new = (shown(side[key]) if key in side else "unset" for side in (before, after))
+            found.append(f"{key} {old} here, {new} asked for")
+    if not found and existing.filenames != (
+        list(plan.filenames) if plan.filenames is not None else None
+    ):
+        found.append("other image files")
+    return found or ["the source files' names or sizes differ"]
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _prepare_split(plan: SplitPlan, directory: Path, progress: bool) -> PrepareResult:
+    status = "written"
     if is_complete(directory):
-        existing = CacheMeta.from_file(directory / META_FILE)
-        if existing.fingerprint == plan.fingerprint:
-            return PrepareResult(plan.split, directory, "kept", existing)
+        try:
+            existing: CacheMeta | None = CacheMeta.from_file(directory / META_FILE)
+        except ConfigError:  # damaged metadata, refused before unless --force: rewritten
+            existing, status = None, "repaired"
+        if existing is not None and existing.fingerprint == plan.fingerprint:
+            try:
+                verify_split(directory, existing)
+                return PrepareResult(plan.split, directory, "kept", existing)
+            except (ConfigError, OSError):  # the same inputs, damaged files: written again
+                status = "repaired"
     shape = (len(plan), plan.image_size, plan.image_size, plan.channels)
     digest = hashlib.sha256()
     with SplitWriter(directory, shape) as writer:
@@ -220,4 +283,4 @@ def _prepare_split(plan: SplitPlan, directory: Path, progress: bool) -> PrepareR
                 "format_version": FORMAT_VERSION,
             },
         )
-    return PrepareResult(plan.split, directory, "written", meta)
+    return PrepareResult(plan.split, directory, status, meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ import torch
 
 from metaacdc.data.cache import CachedSplit
 from metaacdc.data.normalise import Normalise, Transform
-from metaacdc.errors import ConfigError, check_positive_int
+from metaacdc.errors import ConfigError, NonFiniteError, check_positive_int
 
 """``transform(images, generator)``: float images ``(N, C, H, W)`` in ``[0, 1]`` -> same."""
 
@@ -71,7 +72,14 @@ def draw_task(
 
 
 class EpisodeBuilder:
-    """Turns item indices into normalised tensors; shared by the random and frozen samplers."""
+    """Turns item indices into normalised tensors; shared by the random and frozen samplers.
+
+    Raises:
+        ConfigError: images that are not uint8 (episodes would truncate them to uint8),
+            or ``mean`` / ``std`` of a wrong length or a std not positive.
+        NonFiniteError: float images holding NaN or infinity (one pass over them, made
+            only for images that are not uint8), or a NaN or infinite ``mean`` / ``std``.
+    """
 
     def __init__(
         self,
@@ -80,9 +88,22 @@ class EpisodeBuilder:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
+        _check_pixels(split)
         self.split = split
         mean = split.meta.mean if mean is None else mean
         std = split.meta.std if std is None else std
+        for name, values in (("mean", mean), ("std", std)):
+            try:
+                finite = all(math.isfinite(float(value)) for value in values)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(
+                    f"normalisation {name}={values!r} is not valid; expected a list of numbers"
+                ) from error
+            if not finite:
+                raise NonFiniteError(
+                    f"normalisation {name}={list(values)} holds NaN or infinity; expected "
+                    f"finite numbers (the {split.describe()})"
+                )
         self.normalise = Normalise(split.channels, mean, std, transform)
 
     def images(self, indices: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -113,6 +134,26 @@ class EpisodeBuilder:
         )
 
 
+def _check_pixels(split: CachedSplit) -> None:
+    """Refuse a split whose images are not uint8 pixels (a split whose arrays were replaced
+    after construction, or a look-alike), naming NaN and infinity when floats hold them:
+    checked once here rather than in every episode."""
+    images = split.images
+    if images.dtype == np.uint8:
+        return
+    if np.issubdtype(images.dtype, np.floating):
+        finite = np.isfinite(images)
+        if not finite.all():
+            raise NonFiniteError(
+                f"the images of the {split.describe()} hold {int(finite.size - finite.sum())} "
+                "non-finite value(s) (NaN or infinity); episodes need uint8 pixels"
+            )
+    raise ConfigError(
+        f"the images of the {split.describe()} are {images.dtype}; episodes need uint8 pixels "
+        "(0..255), as a cache holds them"
+    )
+
+
 class EpisodeSampler:
     """Random ``ways``-way ``shots``-shot episodes from one cached split.
 
@@ -136,7 +177,10 @@ class EpisodeSampler:
 
     Raises:
         ConfigError: fewer than ``ways`` classes, or a class with fewer than
-            ``shots + queries`` images (the message names the classes).
+            ``shots + queries`` images (the message names the classes); images that are
+            not uint8; a bad ``mean`` or ``std``.
+        NonFiniteError: (a ``ConfigError``) float images, or a ``mean`` / ``std``, holding
+            NaN or infinity.
     """
 
     def __init__(

@@ -46,6 +46,11 @@ class TrainTransform:
     flip: float = 0.5
 
     def __post_init__(self) -> None:
+        # comparisons with NaN are false, so NaN fails each check; infinity is named here
+        if not all(math.isfinite(value) for value in (*self.ratio, self.jitter, self.flip)):
+            raise ConfigError(
+                f"ratio={self.ratio}, jitter={self.jitter} and flip={self.flip} must be finite"
+            )
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ConfigError(f"scale={self.scale} is not valid; expected 0 < low <= high <= 1")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -103,8 +108,9 @@ class EvalTransform:
     zoom: float = 1.15
 
     def __post_init__(self) -> None:
-        if self.zoom < 1:
-            raise ConfigError(f"zoom={self.zoom} is not valid; expected >= 1")
+        zoom = self.zoom
+        if isinstance(zoom, bool) or not isinstance(zoom, int | float) or not 1 <= zoom < math.inf:
+            raise ConfigError(f"zoom={zoom!r} is not valid; expected a finite number >= 1")
 
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None

@@ -68,10 +68,15 @@ class EvalResult:
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}% over {len(self.accuracies)} tasks"
 
-    def to_csv(self, path: str | Path) -> Path:
+    def to_csv(self, path: str | Path, *, checkpoint_step: int | None = None) -> Path:
         """Write one row per task (``task``, ``accuracy``), then summary rows whose
         ``task`` is ``mean`` and ``ci95``. ``pandas.read_csv(path)`` reads it back; the
         per-task rows are those whose ``task`` is a number.
+
+        Args:
+            path: the CSV file.
+            checkpoint_step: the meta-update of the checkpoint evaluated; when given, every
+                row holds it in a third column, ``checkpoint_step``.
 
         Returns:
             The path written (parent folders are created).
@@ -82,7 +87,10 @@ class EvalResult:
             {"task": [str(i) for i in range(len(self.accuracies))], "accuracy": self.accuracies}
         )
         summary = pd.DataFrame({"task": ["mean", "ci95"], "accuracy": [self.mean, self.ci95]})
-        pd.concat([rows, summary]).to_csv(path, index=False, float_format="%.10g")
+        table = pd.concat([rows, summary])
+        if checkpoint_step is not None:
+            table["checkpoint_step"] = checkpoint_step
+        table.to_csv(path, index=False, float_format="%.10g")
         return path
 
 
@@ -151,14 +159,16 @@ def evaluate(
             ``workers`` or the batched engine), an unknown engine, or a task the learner
             cannot take (more ways than its head).
     """
-    check_positive_int("tasks", tasks)
-    if inner_steps is not None:
-        check_positive_int("inner_steps", inner_steps, minimum=0)
-    check_positive_int("workers", workers, minimum=0)
     world = distributed.current() if world is None else world
-    _check_processes(processes, learner, world, workers)
-    engine = choose_engine(engine, learner.device)
-    check_engine_supports(engine, processes=processes)
+    engine = check_evaluation(
+        learner,
+        tasks,
+        inner_steps=inner_steps,
+        workers=workers,
+        world=world,
+        processes=processes,
+        engine=engine,
+    )
     numbers = world.shard(tasks)  # the task numbers of this process's tasks
     mine = len(numbers)
     local = ShardedSampler(sampler, world.size, [world.rank]) if world.distributed else sampler
@@ -202,6 +212,33 @@ def evaluate(
         if journal is not None:
             journal.close()
     return EvalResult.from_accuracies(distributed.gather_strided(accuracies, tasks, world))
+
+
+def check_evaluation(
+    learner: Learner,
+    tasks: int,
+    *,
+    inner_steps: int | None = None,
+    workers: int = 0,
+    world: World | None = None,
+    processes: int = 1,
+    engine: str = "auto",
+) -> str:
+    """Refuse the settings :func:`evaluate` refuses, before anything runs (so a caller can
+    check them before writing anything); returns the engine ``auto`` stands for.
+
+    Raises:
+        ConfigError: as :func:`evaluate` says.
+    """
+    check_positive_int("tasks", tasks)
+    if inner_steps is not None:
+        check_positive_int("inner_steps", inner_steps, minimum=0)
+    check_positive_int("workers", workers, minimum=0)
+    world = distributed.current() if world is None else world
+    _check_processes(processes, learner, world, workers)
+    engine = choose_engine(engine, learner.device)
+    check_engine_supports(engine, processes=processes)
+    return engine
 
 
 def _batched_accuracies(

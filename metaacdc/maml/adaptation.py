@@ -18,40 +18,17 @@ from metaacdc.data.facts import DataFacts
 from metaacdc.data.images import ImageLike, ImagePreprocessor
 from metaacdc.data.normalise import Normalise
 from metaacdc.data.transforms import eval_transform_for
-from metaacdc.errors import ConfigError, check_positive_int
+from metaacdc.errors import ConfigError, NonFiniteError, check_positive_int
+from metaacdc.maml.adapted import FirstWays, checked_lr, checked_module, diverged
 from metaacdc.maml.batched import BatchedMAML
 from metaacdc.maml.l2l import learn2learn as l2l
-from metaacdc.maml.learner import MetaLearner, TaskLearner, adapt_task
+from metaacdc.maml.learner import MetaLearner, adapt_task
 from metaacdc.maml.modes import evaluation_mode
 from metaacdc.runtime.budget import pieces_that_fit
+from metaacdc.runtime.finite import all_finite, require_finite
 
-
-class FirstLogits(nn.Module):
-    """``module`` restricted to the logits of its first ``ways`` classes (an N-way task on
-    a head with more outputs)."""
-
-    def __init__(self, module: nn.Module, ways: int) -> None:
-        super().__init__()
-        self.module = module
-        self.ways = ways
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W)`` images -> ``(N, ways)`` logits."""
-        return self.module(x)[:, : self.ways]
-
-
-class _FirstWays(TaskLearner):
-    """A task learner whose logits (hence its support loss) use the first ``ways`` outputs."""
-
-    def __init__(self, task: TaskLearner, ways: int) -> None:
-        super().__init__(task.features, task.head, task.first_order, task.layouts)
-        self.ways = ways
-
-    def logits_in(self, x: Tensor, memory_format: torch.memory_format) -> Tensor:
-        return super().logits_in(x, memory_format)[:, : self.ways]
-
-    def as_module(self) -> nn.Module:
-        return FirstLogits(super().as_module(), self.ways)
+#: what the image arguments hold, for the messages that name them
+_WHAT = {"support_x": "the support images", "query_x": "the query images"}
 
 
 class Learner:
@@ -81,6 +58,7 @@ class Learner:
         self.config = config
         self.data = data
         self.device = device
+        assert config.dataset is not None, "resolve() the config first"
         transform = eval_transform_for(config.dataset, config.augment)
         self._engine: BatchedMAML | None = None
         self._task_bytes: dict[tuple[object, ...], int] = {}
@@ -135,7 +113,9 @@ class Learner:
             ``(N, C, H, W)`` float32 on :attr:`device`.
 
         Raises:
-            ConfigError: an input of an unsupported type, shape or dtype, or an empty list.
+            ConfigError: an input of an unsupported type, shape or dtype, an image of no
+                pixels (0 wide or high), or an empty list.
+            NonFiniteError: (a ``ConfigError``) a float array holding NaN or infinity.
             FileNotFoundError: a path that does not exist.
         """
         return self._preprocess(images).to(self.device)
@@ -157,12 +137,14 @@ class Learner:
         adaptation and in the returned model.
 
         Args:
-            support_x: ``(S, C, H, W)`` float images from :meth:`preprocess`.
+            support_x: ``(S, C, H, W)`` float images from :meth:`preprocess` (another float
+                type than the model's, float64 say, is converted to it).
             support_y: ``(S,)`` int64 labels in ``0..N-1``, each label present,
                 ``2 <= N <= ways``.
-            steps: inner steps; default the run's ``test_inner_steps``.
-            lr: inner step size; default the run's ``inner_lr``. Not accepted for Meta-SGD
-                runs, whose step sizes are learned per parameter.
+            steps: inner steps (0 gives the unadapted model); default the run's
+                ``test_inner_steps``.
+            lr: inner step size, finite and positive; default the run's ``inner_lr``. Not
+                accepted for Meta-SGD runs, whose step sizes are learned per parameter.
 
         Returns:
             A module in eval mode: ``model(query_x)`` gives ``(Q, N)`` logits. Its adapted
@@ -171,16 +153,23 @@ class Learner:
             autograd (``torch.no_grad()``, as :meth:`predict` and the evaluator call it), a
             Conv backbone pools before its batch norms' per-channel map
             (:mod:`metaacdc.backbones.pool_first`): the same logits up to float rounding.
+            It converts float inputs to the model's type, and raises
+            :class:`~metaacdc.errors.NonFiniteError` rather than return NaN or infinite
+            logits (naming the query images when they hold such values).
 
         Raises:
             ConfigError: inputs of a wrong type, shape, dtype or label set; a bad
                 ``steps`` or ``lr``.
+            NonFiniteError: (a ``ConfigError``) ``support_x`` holds NaN or infinity, or the
+                adaptation diverged (NaN or infinite adapted weights: use a smaller ``lr``
+                or fewer ``steps``).
         """
         ways = self._check_support(support_x, support_y)
         steps = self.config.test_inner_steps if steps is None else steps
         check_positive_int("steps", steps, minimum=0)
         assert steps is not None
-        _check_lr(lr)
+        lr = checked_lr(lr)
+        support_x = self._finite_inputs("support_x", support_x)
         with torch.enable_grad():  # also when called under torch.no_grad()
             task = self.meta.task_learner(first_order=True, detached=True)
             if lr is not None:
@@ -189,12 +178,23 @@ class Learner:
                         "lr cannot be set for a Meta-SGD run: its step sizes are learned per "
                         "parameter; leave lr=None"
                     )
-                task.head.lr = float(lr)
+                task.head.lr = lr
             if ways < self.ways:
-                task = _FirstWays(task, ways)
-            adapt_task(task, support_x.to(self.device), support_y.to(self.device), steps)
+                task = FirstWays(task, ways)
+            adapt_task(task, support_x, support_y.to(self.device), steps)
         l2l.utils.detach_module(task.head)  # the adapted copy only, never shared features
-        return task.as_module().eval()
+        if lr is None and self.config.meta_sgd:
+            adapted = f"after {steps} step(s) at the learned step sizes"
+        else:
+            adapted = f"after {steps} step(s) at lr={self.config.inner_lr if lr is None else lr}"
+        if not all_finite(task.head.parameters()):
+            if not all_finite(self.meta.parameters()):  # only on the way out: not the cause
+                raise NonFiniteError(
+                    "the model's own weights hold NaN or infinity (its training diverged, or "
+                    "they were changed after loading)"
+                )
+            raise diverged(adapted, "the adapted weights")
+        return checked_module(task.as_module(), self.dtype, adapted).eval()
 
     def predict(
         self,
@@ -218,11 +218,17 @@ class Learner:
 
         Returns:
             ``(Q,)`` int64 predicted labels (on :attr:`device`), and the logits when asked.
+
+        Raises:
+            ConfigError: as for :meth:`adapt`, and a query set of a wrong type or shape.
+            NonFiniteError: ``support_x`` or ``query_x`` holds NaN or infinity, or the
+                adaptation diverged (NaN or infinite adapted weights or logits).
         """
         self._check_images("query_x", query_x)  # the model's size, hence the support's
+        query_x = self._finite_inputs("query_x", query_x)
         model = self.adapt(support_x, support_y, steps=steps, lr=lr)
         with torch.no_grad():
-            logits = model(query_x.to(self.device))
+            logits = model(query_x)  # checked finite by the adapted model
         predicted = logits.argmax(1)
         return (predicted, logits) if return_logits else predicted
 
@@ -256,13 +262,20 @@ class Learner:
 
         Raises:
             ConfigError: inputs of a wrong type, shape, dtype or label set (tasks of
-                different shapes or ways are refused: predict them in separate calls).
+                different shapes or ways are refused: predict them in separate calls); a
+                bad ``steps``, ``lr`` or ``tasks_per_batch``.
+            NonFiniteError: ``support_x`` or ``query_x`` holds NaN or infinity, or an
+                adaptation diverged (NaN or infinite logits: use a smaller ``lr`` or fewer
+                ``steps``).
         """
         ways = self._check_tasks(support_x, support_y, query_x)
         steps = self.config.test_inner_steps if steps is None else steps
+        check_positive_int("steps", steps, minimum=0)
         assert steps is not None
-        _check_lr(lr)
-        support_x, support_y, query_x = (t.to(self.device) for t in (support_x, support_y, query_x))
+        lr = checked_lr(lr)
+        support_x = self._finite_inputs("support_x", support_x)
+        query_x = self._finite_inputs("query_x", query_x)
+        support_y = support_y.to(self.device)
         if tasks_per_batch is None:
             tasks_per_batch = self.tasks_per_batch(support_x[0], support_y[0])
         check_positive_int("tasks_per_batch", tasks_per_batch)
@@ -280,6 +293,8 @@ class Learner:
                 for start in range(0, len(support_x), tasks_per_batch)
             ]
         )
+        if not all_finite([logits]):
+            raise diverged(f"after {steps} step(s)", "the adapted models' logits")
         predicted = logits.argmax(-1)
         return (predicted, logits) if return_logits else predicted
 
@@ -288,11 +303,12 @@ class Learner:
         ``(S,)``) :meth:`predict_tasks` adapts per call: as many as fit in a share of the
         device's free memory (:func:`metaacdc.runtime.budget.pieces_that_fit`), measured
         from the activations one task's inner step keeps."""
+        support_x = support_x.to(self.device, self.dtype)
         key = (tuple(support_x.shape), support_x.dtype)
         if key not in self._task_bytes:
             with evaluation_mode(self.meta):
                 self._task_bytes[key] = self._batched_engine().adaptation_bytes(
-                    support_x.to(self.device), support_y.to(self.device)
+                    support_x, support_y.to(self.device)
                 )
         return pieces_that_fit(self._task_bytes[key], self.device)
 
@@ -302,6 +318,20 @@ class Learner:
         return self._engine
 
     # ------------------------------------------------------------------- validation
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point type; float images of another are converted to it."""
+        return next(self.meta.parameters()).dtype
+
+    def _finite_inputs(self, name: str, images: Tensor) -> Tensor:
+        """Checked float ``images`` (argument ``name``) on :attr:`device` as :attr:`dtype`.
+
+        Raises:
+            NonFiniteError: a NaN or infinite pixel (one pass over the images).
+        """
+        require_finite(f"{name} ({_WHAT[name]})", images)
+        return images.to(self.device, self.dtype)
 
     def _check_images(self, name: str, images: object) -> None:
         expected = f"(N, {self.channels}, {self.image_size}, {self.image_size})"
@@ -383,8 +413,3 @@ class Learner:
                 f"outputs; tasks of 2 to {self.ways} ways are accepted"
             )
         return ways
-
-
-def _check_lr(lr: float | None) -> None:
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
-        raise ConfigError(f"lr={lr!r} is not valid; expected a positive number")

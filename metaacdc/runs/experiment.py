@@ -62,6 +62,7 @@ def cache_for(config: TrainConfig, progress: bool = True) -> Path | None:
         raise FileNotFoundError(f"{data}: --data path not found")
     if is_cache(data):
         return data
+    assert config.dataset is not None, "resolve() the config first"
     return ensure_cache(
         config.dataset, data, config.image_size, progress=progress, **source_options(config)
     )
@@ -92,11 +93,13 @@ def data_record(config: TrainConfig) -> dict[str, Any]:
 
 def training_transform(config: TrainConfig) -> TrainTransform | None:
     """The train-time augmentation of a run, if any."""
+    assert config.dataset is not None, "resolve() the config first"
     return train_transform() if uses_image_transforms(config.dataset, config.augment) else None
 
 
 def evaluation_transform(config: TrainConfig) -> EvalTransform | None:
     """The test-time transform of a run (validation, evaluation, adaptation API)."""
+    assert config.dataset is not None, "resolve() the config first"
     return eval_transform_for(config.dataset, config.augment)
 
 

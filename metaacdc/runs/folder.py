@@ -12,6 +12,7 @@ RUN_DIR/eval/*.csv           evaluation results
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import yaml
 
 from metaacdc.config import TrainConfig
 from metaacdc.data.facts import DataFacts
+from metaacdc.errors import ConfigError
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.checkpoint import load_checkpoint, save_checkpoint
 
@@ -63,8 +65,10 @@ class RunFolder:
         return self.root / "eval"
 
     def write_config(self, config: TrainConfig) -> None:
+        """``config.yaml``: the run's resolved settings; its checkpoints record its hash
+        (:func:`config_sha256`), so an edit is caught (:func:`check_config_unedited`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.config.write_text(config_text(config))
 
     def write_data(self, record: dict[str, Any]) -> None:
         """``data.json``: which data the run read (:func:`metaacdc.runs.experiment.data_record`:
@@ -100,6 +104,50 @@ class RunFolder:
         os.replace(partial, self.metrics)
 
 
+def config_text(config: TrainConfig) -> str:
+    """What ``config.yaml`` holds for ``config``."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def config_sha256(config: TrainConfig) -> str:
+    """The hash of ``config.yaml`` as written for ``config``, which checkpoints record."""
+    return hashlib.sha256(config_text(config).encode()).hexdigest()
+
+
+def check_config_unedited(folder: RunFolder, payload: dict[str, Any]) -> None:
+    """Refuse a run folder whose ``config.yaml`` was edited after ``payload`` (one of its
+    checkpoints) was saved: the settings would silently not be the ones the weights were
+    trained with. Checkpoints saved before they recorded the hash are not checked.
+
+    Raises:
+        ConfigError: one line naming the file and the settings that differ.
+    """
+    recorded = payload.get("config_sha256")
+    if recorded is None or not folder.config.is_file():
+        return
+    text = folder.config.read_bytes()
+    if hashlib.sha256(text).hexdigest() == recorded:
+        return
+    try:
+        edited = yaml.safe_load(text)
+    except yaml.YAMLError:
+        edited = None
+    saved = payload.get("config", {})
+    if isinstance(edited, dict):
+        changes = [
+            f"{key}: {saved.get(key)!r} -> {edited.get(key)!r}"
+            for key in sorted(set(saved) | set(edited))
+            if saved.get(key) != edited.get(key)
+        ]
+        what = "; ".join(changes) or "its layout only"
+    else:
+        what = "it is no longer a mapping of settings"
+    raise ConfigError(
+        f"{folder.config} was edited after the run's checkpoints were saved ({what}); a run's "
+        "settings cannot change: restore the file, or train the new settings into another --out"
+    )
+
+
 def run_name(config: TrainConfig) -> str:
     """Default folder name of a run: backbone, conv kind, dataset, task shape and seed."""
     task = f"{config.ways}w{config.shots}s"
@@ -115,6 +163,7 @@ def checkpoint_payload(
     best_val: float | None = None,
     best_step: int | None = None,
     owed_validation: list[float] | None = None,
+    config_hash: str | None = None,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds, in types ``torch.load(weights_only=True)`` accepts.
 
@@ -125,9 +174,13 @@ def checkpoint_payload(
     ``owed_validation``: the metrics of meta-update ``step`` (training loss, accuracy,
     tasks/s, elapsed s) when its validation was interrupted; resuming runs it first.
     ``data`` is stored as :meth:`~metaacdc.data.facts.DataFacts.to_dict`'s plain mapping.
+    ``config_hash``: the hash of the run's ``config.yaml`` (default: of the file
+    :meth:`RunFolder.write_config` writes for ``config``), which :func:`check_config_unedited`
+    compares with the file.
     """
     payload: dict[str, Any] = {
         "config": config.to_dict(),
+        "config_sha256": config_hash or config_sha256(config),
         "data": data.to_dict(),
         "step": step,
         "model": learner.state_dict(),
@@ -146,13 +199,43 @@ def save_learner(path: Path, **payload: Any) -> None:
 
 
 def read_checkpoint(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A run folder's best checkpoint (its last if no best exists yet), or a checkpoint file."""
+    """A run folder's best checkpoint (its last if no best exists yet), or a checkpoint file.
+
+    Raises:
+        FileNotFoundError: no such file, or a run folder without checkpoints.
+        ConfigError: the checkpoint cannot be read. A run folder's damaged ``best.pt`` is
+            never replaced by its ``last.pt`` silently: the message says ``best.pt`` is
+            damaged and, when ``last.pt`` is readable, names its meta-update and the command
+            that scores it.
+    """
     path = Path(run_or_file)
-    if path.is_dir():
-        folder = RunFolder(path)
-        path = folder.best if folder.best.is_file() else folder.last
-        if not path.is_file():
+    if not path.is_dir():
+        return load_checkpoint(path, map_location)
+    folder = RunFolder(path)
+    if not folder.best.is_file():
+        if not folder.last.is_file():
             raise FileNotFoundError(
                 f"{run_or_file}: no checkpoints/best.pt or last.pt in run folder"
             )
-    return load_checkpoint(path, map_location)
+        return load_checkpoint(folder.last, map_location)
+    try:
+        return load_checkpoint(folder.best, map_location)
+    except ConfigError as damage:
+        why = str(damage).removeprefix(f"{folder.best}: ")
+        if not folder.last.is_file():
+            instead = " and the run has no checkpoints/last.pt; train it again"
+        else:
+            try:
+                step = load_checkpoint(folder.last)["step"]
+                instead = (
+                    f"; `metaacdc evaluate {folder.last}` scores the last checkpoint "
+                    f"(meta-update {step}) instead"
+                )
+            except ConfigError as also:
+                instead = (
+                    " and so is checkpoints/last.pt "
+                    f"({str(also).removeprefix(f'{folder.last}: ')}); train the run again"
+                )
+        raise ConfigError(
+            f"{run_or_file}: checkpoints/best.pt is damaged ({why}){instead}"
+        ) from damage

@@ -12,7 +12,7 @@ from metaacdc.errors import ConfigError
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.runs.experiment import build_model
-from metaacdc.runs.folder import read_checkpoint
+from metaacdc.runs.folder import RunFolder, check_config_unedited, read_checkpoint
 from metaacdc.runtime.device import resolve_device
 
 
@@ -30,7 +30,8 @@ def load(run_or_checkpoint: str | Path, device: str | torch.device | None = None
     Raises:
         FileNotFoundError: no such folder or file, or a run folder without checkpoints.
         ConfigError: not a metaacdc checkpoint, or one this version cannot rebuild
-            (malformed config or data facts, weights that do not fit), in one line
+            (malformed config or data facts, weights that do not fit), or a run folder
+            whose ``config.yaml`` was edited after its checkpoints were saved, in one line
             naming the file.
     """
     path = Path(run_or_checkpoint)
@@ -38,6 +39,8 @@ def load(run_or_checkpoint: str | Path, device: str | torch.device | None = None
         raise FileNotFoundError(f"{path}: run folder or checkpoint not found")
     target = resolve_device(device)
     payload = read_checkpoint(path, map_location="cpu")
+    if path.is_dir():  # its config.yaml must still be the one the weights were trained with
+        check_config_unedited(RunFolder(path), payload)
     config_values = payload["config"]
     if not isinstance(config_values, dict):
         raise ConfigError(f"{path}: incompatible checkpoint (config is not a mapping)")

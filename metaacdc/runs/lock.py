@@ -29,6 +29,23 @@ def training_lock(run_dir: Path) -> Path:
     return Path(run_dir) / ".training.lock"
 
 
+def is_claimed(lock_file: Path) -> bool:
+    """Whether a process (another, or this one through another claim) holds ``lock_file``
+    now. Creates nothing: a lock file that does not exist is not held. It takes the lock
+    for an instant to find out, so a claim attempted in that instant is refused as busy."""
+    if not lock_file.is_file():
+        return False
+    lock = FileLock(lock_file, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:  # a lock file this process cannot open: nobody it can see holds it
+        return False
+    lock.release()
+    return False
+
+
 def evaluation_lock(csv: Path) -> Path:
     """The lock file claimed while the evaluation that writes ``csv`` runs."""
     return csv.with_name(f".{csv.name}.lock")

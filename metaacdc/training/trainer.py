@@ -8,7 +8,9 @@ depends on the number of processes, so a run can be resumed with another number.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -24,7 +26,7 @@ from metaacdc.config import TrainConfig, chosen_init, resolve
 from metaacdc.data import DataFacts, Episode, EpisodeSampler, episode_loader
 from metaacdc.data.loader import ShardedSampler
 from metaacdc.data.sampler import task_seed
-from metaacdc.errors import ConfigError
+from metaacdc.errors import ConfigError, NonFiniteError, check_positive_int
 from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.adaptation import Learner
 from metaacdc.maml.batched import BatchedMAML
@@ -38,7 +40,12 @@ from metaacdc.runs.experiment import (
     open_splits,
     training_transform,
 )
-from metaacdc.runs.folder import RunFolder, save_learner
+from metaacdc.runs.folder import (
+    RunFolder,
+    check_config_unedited,
+    config_sha256,
+    save_learner,
+)
 from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
 from metaacdc.runtime.device import resolve_device
@@ -61,12 +68,17 @@ METRICS = ("step", "loss", "accuracy", "val_accuracy", "val_ci95", "tasks_per_s"
 
 
 class TrainingDivergedError(RuntimeError):
-    """The meta-loss became NaN or infinite; the last good checkpoint is kept."""
+    """The meta-loss (or the weights) became NaN or infinite; nothing of it is saved, and
+    the last finite checkpoint, if any, is kept."""
 
-    def __init__(self, step: int, loss: float) -> None:
+    def __init__(self, step: int, what: str, kept: int | None) -> None:
+        saved = (
+            "no checkpoint was saved before it"
+            if kept is None
+            else f"the last finite checkpoint (meta-update {kept}) is kept"
+        )
         super().__init__(
-            f"meta-loss is {loss} at meta-update {step}; stopped, the last good checkpoint is "
-            "kept (try a lower --inner-lr or meta_lr)"
+            f"{what} at meta-update {step}; stopped, {saved} (try a lower --inner-lr or --meta-lr)"
         )
         self.step = step
 
@@ -96,9 +108,26 @@ def _check_same_run(saved: dict, config: TrainConfig, where: Path) -> None:
     ]
     if different:
         raise ConfigError(
-            f"{where} was trained with other settings ({'; '.join(different)}); resume with "
-            "the same settings or choose another --out"
+            f"{where} was trained with other settings ({'; '.join(different)}); resume without "
+            "those settings (the run folder holds its own) or choose another --out"
         )
+
+
+def saved_settings(out: str | Path) -> TrainConfig:
+    """The settings of the run in ``out``, as its last checkpoint records them: what
+    ``metaacdc train --out RUN --resume`` continues without repeating a flag
+    (``train(saved_settings(out), out, resume=True)``).
+
+    Raises:
+        ConfigError: ``out`` holds no checkpoint to resume, or its ``config.yaml`` was
+            edited after the checkpoint was saved.
+    """
+    folder = RunFolder(Path(out))
+    if not folder.last.is_file():
+        raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
+    payload = load_checkpoint(folder.last)
+    check_config_unedited(folder, payload)
+    return TrainConfig.from_dict({**_SAVED_BEFORE, **payload["config"]}, source=str(folder.last))
 
 
 def _meta_batches(episodes: Iterator[Episode], size: int) -> Iterator[list[Episode]]:
@@ -149,6 +178,8 @@ def train(
         RunBusyError: another process is training ``out`` (see :mod:`metaacdc.runs.lock`).
     """
     config = resolve(config)
+    if stop_after is not None:
+        check_positive_int("stop_after", stop_after)
     world = distributed.current()
     if config.meta_batch < world.size:
         raise ConfigError(
@@ -157,12 +188,40 @@ def train(
             f"{config.meta_batch} processes or a larger --meta-batch"
         )
     folder = RunFolder(Path(out))
+    if folder.root.exists() and not folder.root.is_dir():
+        raise ConfigError(f"{folder.root} is a file, not a run folder; choose another --out")
     if resume and not folder.last.is_file():
         raise ConfigError(f"{folder.root}: nothing to resume (no checkpoints/last.pt)")
-    with claim(training_lock(folder.root), f"training {folder.root}", hold=world.is_main):
-        return _train_claimed(
-            config, folder, world, resume, stop_after, progress, checkpoint_every_s
+    if not resume and folder.last.is_file():
+        raise ConfigError(
+            f"{folder.root} already holds a run; pass --resume to continue it or choose "
+            "another --out"
         )
+    lock = training_lock(folder.root)
+    held = set(folder.root.iterdir()) if folder.root.is_dir() else set()
+    made = [path for path in (folder.root, *folder.root.parents) if not path.exists()]
+    try:
+        with claim(lock, f"training {folder.root}", hold=world.is_main):
+            return _train_claimed(
+                config, folder, world, resume, stop_after, progress, checkpoint_every_s
+            )
+    except BaseException:
+        if world.is_main:
+            _forget_claim(folder.root, lock, held, made)
+        raise
+
+
+def _forget_claim(root: Path, lock: Path, held: set[Path], made: list[Path]) -> None:
+    """After a refusal or a failure, leave the disk as it was when nothing but the claim
+    was written: the lock file goes, and the folders made for it (``made``, the run folder
+    first, then its parents)."""
+    now = set(root.iterdir()) if root.is_dir() else set()
+    if now - held != {lock}:
+        return  # the run wrote something (a diverged or interrupted run): keep it all
+    lock.unlink(missing_ok=True)
+    for folder in made:
+        with contextlib.suppress(OSError):  # not empty after all: someone else writes there
+            folder.rmdir()
 
 
 def _train_claimed(
@@ -183,12 +242,14 @@ def _train_claimed(
                 "another --out"
             )
         payload = load_checkpoint(folder.last)
+        check_config_unedited(folder, payload)
         saved = {**_SAVED_BEFORE, **payload["config"]}
         # a resumed run keeps the engine and initialisation it was trained with
         kept = {name: saved[name] for name in _KEPT_ON_RESUME if getattr(config, name) == "auto"}
         config = dataclasses.replace(config, **kept)
         _check_same_run(payload["config"], config, folder.root)
     session = _Session(config, folder, world, payload)
+    session.start_folder()
     remaining = session.remaining(stop_after)
     session.log(
         f"{'resuming at' if payload else 'starting'} meta-update {session.state.step} of "
@@ -232,16 +293,9 @@ class _Session:
             self.learner.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.state = TrainState.from_checkpoint(payload)
-            if world.is_main and not folder.metrics.is_file():
-                folder.start_metrics(METRICS)  # deleted since: the rows to come are kept
-            elif world.is_main:  # rows written after the checkpoint are written again
-                owed = self.state.owed is not None
-                folder.drop_metrics_from(self.state.step if owed else self.state.step + 1)
-        elif world.is_main:
-            folder.write_config(config)
-            folder.start_metrics(METRICS)
-        if world.is_main:
-            folder.write_data(data_record(config))  # the cache it trains on, with checksums
+        self.saved_step = None if payload is None else self.state.step
+        self.config_hash = _config_hash(folder, config, payload)
+        self.payload = payload
         self.train_sampler = EpisodeSampler(
             splits["train"],
             config.ways,
@@ -254,6 +308,23 @@ class _Session:
         self.mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
         self.log = _Log(folder.log if world.is_main else None)
         self.started = self.saved_at = time.perf_counter()
+
+    def start_folder(self) -> None:
+        """Write the run folder's records (rank 0), once everything is known to work: a new
+        run's ``config.yaml`` and ``metrics.csv``; a resumed run's metrics without the rows
+        written after its checkpoint; ``data.json`` either way."""
+        folder, config = self.folder, self.config
+        if not self.world.is_main:
+            return
+        if self.payload is None or not folder.config.is_file():
+            folder.write_config(config)
+            self.config_hash = config_sha256(config)
+        if self.payload is None or not folder.metrics.is_file():
+            folder.start_metrics(METRICS)  # deleted since: the rows to come are kept
+        else:  # rows written after the checkpoint are written again
+            owed = self.state.owed is not None
+            folder.drop_metrics_from(self.state.step if owed else self.state.step + 1)
+        folder.write_data(data_record(config))  # the cache it trains on, with checksums
 
     def remaining(self, stop_after: int | None) -> int:
         """Meta-updates this call does: to the end of the run, at most ``stop_after``."""
@@ -269,9 +340,14 @@ class _Session:
         )
 
     def save(self, path: Path, owed_validation: list[float] | None = None) -> None:
-        """A checkpoint of the current state at ``path`` (rank 0 only)."""
+        """A checkpoint of the current state at ``path`` (rank 0 only).
+
+        Raises:
+            TrainingDivergedError: a weight is not finite (the checkpoint is not written).
+        """
         if not self.world.is_main:
             return
+        self.require_finite_weights()
         save_learner(
             path,
             config=self.config,
@@ -282,22 +358,49 @@ class _Session:
             best_val=self.state.best_val,
             best_step=self.state.best_step,
             owed_validation=owed_validation,
+            config_hash=self.config_hash,
         )
         self.saved_at = time.perf_counter()
+        if path == self.folder.last:
+            self.saved_step = self.state.step
+
+    def require_finite_weights(self) -> None:
+        """Stop before validating or saving weights that are not all finite (a finite loss
+        does not guarantee them: the update after it can overflow).
+
+        Raises:
+            TrainingDivergedError: naming the first non-finite weight.
+        """
+        for name, values in self.learner.state_dict().items():
+            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                raise TrainingDivergedError(
+                    self.state.step, f"weight {name} is not finite", self.saved_step
+                )
 
     def validate(self, metrics: list[float]) -> None:
         """Validate the current meta-update (``metrics``: its training loss, accuracy,
-        tasks/s and elapsed s), log it, and save the best and last checkpoints."""
+        tasks/s and elapsed s), log it, and save the best and last checkpoints.
+
+        Raises:
+            TrainingDivergedError: a weight is not finite, or a validation task's adaptation
+                diverged (nothing is saved).
+        """
+        self.require_finite_weights()
         state = self.state
         state.owed = metrics  # until its row is written: a Ctrl-C now leaves it owed
-        result = evaluate(
-            Learner(self.learner, self.config, self.data, self.device),  # evaluation's path
-            self.val_sampler,
-            self.config.val_tasks,
-            inner_steps=self.config.test_inner_steps,
-            progress=False,
-            engine=self.config.engine,
-        )
+        try:
+            result = evaluate(
+                Learner(self.learner, self.config, self.data, self.device),  # evaluation's path
+                self.val_sampler,
+                self.config.val_tasks,
+                inner_steps=self.config.test_inner_steps,
+                progress=False,
+                engine=self.config.engine,
+            )
+        except NonFiniteError as error:  # the weights are finite: their adaptation is not
+            raise TrainingDivergedError(
+                state.step, f"validation failed ({error})", self.saved_step
+            ) from error
         improved = state.best_val is None or result.mean > state.best_val + SAME_ACCURACY
         if improved:
             state.best_val, state.best_step = result.mean, state.step
@@ -402,9 +505,20 @@ class _Session:
                 world=self.world,
             )
         if not math.isfinite(stats.loss):
-            raise TrainingDivergedError(step + 1, stats.loss)
+            raise TrainingDivergedError(step + 1, f"meta-loss is {stats.loss}", self.saved_step)
         self.state.step += 1
         return stats
+
+
+def _config_hash(folder: RunFolder, config: TrainConfig, payload: dict[str, Any] | None) -> str:
+    """The hash of the run's ``config.yaml`` that its checkpoints record: a new run's as
+    it is written now; a resumed run's as recorded (or, for a run saved before checkpoints
+    recorded it, of the file as it is)."""
+    if payload is not None and payload.get("config_sha256"):
+        return str(payload["config_sha256"])
+    if payload is not None and folder.config.is_file():
+        return hashlib.sha256(folder.config.read_bytes()).hexdigest()
+    return config_sha256(config)
 
 
 class _Log:
@@ -421,4 +535,4 @@ class _Log:
             stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
-__all__ = ["METRICS", "RunSummary", "TrainingDivergedError", "train"]
+__all__ = ["METRICS", "RunSummary", "TrainingDivergedError", "saved_settings", "train"]

@@ -1,13 +1,15 @@
-"""`metaacdc data prepare | info | freeze`, including one-line errors with exit code 2."""
+"""`metaacdc data prepare | info [--verify] | freeze`, including one-line errors with exit code
+2."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from metaacdc.cli import main
-from metaacdc.data import load_manifest, open_split
+from metaacdc.data import load_manifest, open_split, prepare
 
 
 def test_prepare_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,3 +128,25 @@ def test_freeze_from_shipped_csv_and_from_cache(tmp_path: Path) -> None:
         == 0
     )
     assert load_manifest(tmp_path / "s.json").header["source"] == "synthetic val cache"
+
+
+def test_info_verify_checks_every_split_and_refuses_a_changed_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    prepare("synthetic", cache, image_size=8, progress=False, images_per_class=2)
+    assert main(["data", "info", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("checksums: matched when last checked, files unchanged since") == 3
+    assert main(["data", "info", str(cache), "--verify"]) == 0
+    assert capsys.readouterr().out.count("checksums: match (checked now)") == 3
+    images = cache / "test" / "images.u8"
+    images.write_bytes(bytes(255 - b for b in images.read_bytes()))  # same size, new bytes
+    later = images.stat().st_mtime_ns + 1_000_000  # the kernel's file clock may not have ticked
+    os.utime(images, ns=(later, later))
+    assert main(["data", "info", str(cache / "test")]) == 0  # describing reads no pixels
+    assert "checksums: not checked since the files last changed" in capsys.readouterr().out
+    assert main(["data", "info", str(cache), "--verify"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith(f"metaacdc data: error: {images}: changed or damaged since")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from metaacdc.config import TrainConfig
+from metaacdc.config import TrainConfig, resolve
 from metaacdc.data import DataFacts
 from metaacdc.errors import ConfigError
 from metaacdc.maml.adaptation import Learner
@@ -93,7 +93,7 @@ def test_meta_gradient_of_a_batch_is_the_sum_of_its_tasks_alone() -> None:
 
 def run_learner(meta: object) -> Learner:
     facts = DataFacts("random", SIZE["conv4"], 3, (0.0,) * 3, (1.0,) * 3)
-    return Learner(meta, TrainConfig(), facts, CPU)  # type: ignore[arg-type]
+    return Learner(meta, resolve(TrainConfig()), facts, CPU)  # type: ignore[arg-type]
 
 
 def learner_logits(

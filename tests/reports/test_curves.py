@@ -376,7 +376,7 @@ def test_shipped_manifests_by_task_shape() -> None:
     [
         (["--episodes", "episodes/miniimagenet-test-5w1s-15q.json"], "no --episodes manifest of"),
         (["--data", "a", "b"], "--data a: not a prepared cache"),
-        (["--inner-lr", "0"], "inner_lr=0.0 is not valid; expected a positive number"),
+        (["--inner-lr", "0"], "inner_lr=0.0 is not valid (expected a finite number > 0)"),
         (["--inner-lr", "fast"], "argument --inner-lr: invalid float value: 'fast'"),
     ],
 )

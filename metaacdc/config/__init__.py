@@ -15,19 +15,12 @@ import yaml
 
 from metaacdc.acdc.tying import grouped_spec
 from metaacdc.backbones.init import INITS as BACKBONE_INITS
+from metaacdc.config.dataset import dataset_of
+from metaacdc.config.schema import ADAPT_SCOPES, DATASETS, ENGINES, INITS, check_settings
 from metaacdc.convs.base import ConvKind
 from metaacdc.convs.registry import conv_kind
-from metaacdc.errors import ConfigError, check_choice, check_positive_int, check_probability
+from metaacdc.errors import ConfigError
 
-DATASETS: tuple[str, ...] = (
-    "synthetic",
-    "miniimagenet",
-    "omniglot",
-    "cifar-fs",
-    "fc100",
-    "cub",
-    "tieredimagenet",
-)
 #: datasets whose images are smaller than the backbone's default side: trained at their own
 #: (Omniglot's 28 px, CIFAR's 32 px); the others at the backbone's (84 Conv, 224 ResNet)
 DATASET_IMAGE_SIZES: dict[str, int] = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
@@ -35,17 +28,13 @@ DATASET_IMAGE_SIZES: dict[str, int] = {"omniglot": 28, "cifar-fs": 32, "fc100": 
 #: paper adapts (5 in training, 10 at test); more steps at test raised held-out accuracy by
 #: 4 to 8 points (docs/results/learning-speed.md)
 TEST_STEPS_PER_STEP = 2
-#: MAML engines (:mod:`metaacdc.maml.engine`): ``auto`` picks the faster one on the device
-ENGINES: tuple[str, ...] = ("auto", "learn2learn", "batched")
-ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
-#: initialisation schemes (:mod:`metaacdc.backbones.init`); ``auto`` is the first of
-#: them for a new run, and a resumed run's own
-INITS: tuple[str, ...] = ("auto", *BACKBONE_INITS)
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``None`` means "the protocol default" (see :func:`resolve`)."""
+    """Everything a run needs; ``None`` means "the protocol default" (see :func:`resolve`):
+    for ``dataset``, the source its ``data`` cache records (``synthetic`` without data).
+    What each setting accepts is :data:`metaacdc.config.schema.RULES`."""
 
     backbone: str = "conv4"
     conv: str = "plain"
@@ -54,7 +43,7 @@ class TrainConfig:
     group_size: int | None = None
     include_1x1: bool = False
     regulators: bool = False
-    dataset: str = "synthetic"
+    dataset: str | None = None
     data: str | None = None
     data_protocol: str | None = None
     ways: int = 5
@@ -88,9 +77,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a mapping; unknown keys are an error naming them."""
+        """Build from a mapping; unknown keys or wrong values are an error naming them and
+        ``source``."""
         _refuse_unknown(values, source)
-        return cls(**values)
+        return cls(**check_settings(values, source))
 
 
 def _refuse_unknown(names: Iterable[str], source: str) -> None:
@@ -105,7 +95,8 @@ def _refuse_unknown(names: Iterable[str], source: str) -> None:
 
 def _settings(values: Mapping[Any, Any], source: str) -> dict[str, Any]:
     """``values`` keyed by :class:`TrainConfig` field names (dashes become underscores);
-    a name given twice or unknown is refused, naming ``source``."""
+    a name given twice or unknown, or a value the setting does not accept, is refused,
+    naming ``source``."""
     settings: dict[str, Any] = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
@@ -113,7 +104,7 @@ def _settings(values: Mapping[Any, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: setting {name} is given twice")
         settings[name] = value
     _refuse_unknown(settings, source)
-    return settings
+    return check_settings(settings, source)
 
 
 def build_config(
@@ -142,7 +133,8 @@ def build_config(
     Raises:
         FileNotFoundError: ``config_file`` does not exist.
         ConfigError: a file that is not valid YAML/TOML or not a mapping, or a setting
-            unknown or given twice, naming the file or ``source``.
+            unknown, given twice or of a value it does not accept (a quoted ``"no"`` for a
+            boolean, a NaN), naming the file or ``source`` and every wrong setting.
     """
     values = load_config_file(config_file) if config_file is not None else {}
     values.update(_settings(overrides or {}, source))
@@ -161,14 +153,43 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             values = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            values = yaml.safe_load(text) or {}
+            values = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         else:
             raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {error}") from error
+        raise ConfigError(
+            f"{path}: not valid {path.suffix[1:].upper()}: {_one_line(error)}"
+        ) from error
+    except _RepeatedKeyError as error:
+        raise ConfigError(f"{path}: setting {error} is given twice") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return _settings(values, str(path))
+
+
+class _RepeatedKeyError(Exception):
+    """A YAML mapping names a key twice (PyYAML would keep the last one silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, refusing a mapping that names a key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise _RepeatedKeyError(str(key).replace("-", "_"))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(error: Exception) -> str:
+    """A parser's error in one line: what is wrong, and where (YAML's ``problem`` and
+    ``problem_mark``; TOML's message holds both)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
 
 
 def protocol_meta_updates(shots: int) -> int:
@@ -176,56 +197,38 @@ def protocol_meta_updates(shots: int) -> int:
     return 60_000 if shots == 1 else 40_000
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill protocol defaults and validate every value; returns a new config."""
+def resolve(config: TrainConfig, source: str = "config") -> TrainConfig:
+    """Fill protocol defaults and validate every value; returns a new config.
+
+    The dataset comes from the data (:func:`metaacdc.config.dataset.dataset_of`: a cache's
+    recorded source) unless the config names it, and a name that contradicts the cache is
+    refused.
+
+    Raises:
+        ConfigError: a wrong value, naming ``source`` and each wrong setting; a backbone,
+            conv kind or data protocol that does not exist; a dataset the data
+            contradicts.
+        FileNotFoundError: ``data`` does not exist and the dataset is left to it.
+    """
     from metaacdc.backbones import backbone_meta
 
+    config = TrainConfig(**check_settings(config.to_dict(), source))
     backbone = backbone_meta(config.backbone)  # refuses an unknown backbone
-    check_choice("dataset", config.dataset, DATASETS)
-    check_choice("adapt", config.adapt, ADAPT_SCOPES)
-    check_choice("engine", config.engine, ENGINES)
-    check_choice("init", config.init, INITS)
-    if config.data_protocol is not None:
-        from metaacdc.data.sources.omniglot_protocols import PROTOCOLS
-
-        if config.dataset != "omniglot":
-            raise ConfigError("data_protocol applies to dataset omniglot only")
-        check_choice("data_protocol", config.data_protocol, PROTOCOLS)
-    for name in (
-        "ways",
-        "shots",
-        "queries",
-        "test_queries",
-        "inner_steps",
-        "meta_batch",
-        "val_every",
-        "val_tasks",
-        "atoms",
-        "synthetic_images_per_class",
-    ):
-        check_positive_int(name, getattr(config, name))
-    check_positive_int("workers", config.workers, minimum=0)
-    check_positive_int("seed", config.seed, minimum=0)
-    check_probability("atom_drop", config.atom_drop)
-    for name in ("inner_lr", "meta_lr"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{name}={value!r} is not valid; expected a positive number")
+    dataset = dataset_of(config.dataset, config.data, config.data_protocol)
+    if config.data_protocol is not None and dataset != "omniglot":
+        raise ConfigError(f"{source}: data_protocol applies to dataset omniglot only")
     resolved = dataclasses.replace(
         config,
+        dataset=dataset,
         # an ungrouped ACDC scope given a group size builds its g- variant: name it so
         conv=grouped_spec(config.conv, config.group_size)
         if isinstance(config.conv, str)
         else config.conv,
-        image_size=config.image_size
-        or DATASET_IMAGE_SIZES.get(config.dataset, backbone.image_size),
+        image_size=config.image_size or DATASET_IMAGE_SIZES.get(dataset, backbone.image_size),
         first_order=backbone.first_order if config.first_order is None else config.first_order,
         meta_updates=config.meta_updates or protocol_meta_updates(config.shots),
         test_inner_steps=config.test_inner_steps or TEST_STEPS_PER_STEP * config.inner_steps,
     )
-    check_positive_int("image_size", resolved.image_size)
-    check_positive_int("meta_updates", resolved.meta_updates)
-    check_positive_int("test_inner_steps", resolved.test_inner_steps)
     conv_kind_of(resolved)  # validates conv, atoms, group size
     return resolved
 
@@ -245,3 +248,20 @@ def conv_kind_of(config: TrainConfig) -> ConvKind:
         include_1x1=config.include_1x1,
         regulators=config.regulators,
     )
+
+
+__all__ = [
+    "ADAPT_SCOPES",
+    "DATASETS",
+    "DATASET_IMAGE_SIZES",
+    "ENGINES",
+    "INITS",
+    "TEST_STEPS_PER_STEP",
+    "TrainConfig",
+    "build_config",
+    "chosen_init",
+    "conv_kind_of",
+    "load_config_file",
+    "protocol_meta_updates",
+    "resolve",
+]
