@@ -4,7 +4,7 @@ A fresh interpreter costs several seconds (torch, torchvision and learn2learn im
 the tables of one-line errors run here; each command keeps one case that starts a real
 process, which tests the console-script path itself: `info` and `evaluate` in tests/cli,
 `curve` and `report` in tests/reports/test_curves.py, `train` in
-tests/training/test_trainer.py (and its SIGTERM test), and scripts/bench_gpu_runs.py in
+tests/training/test_trainer.py (its SIGTERM test), and scripts/bench_gpu_runs.py in
 tests/test_bench_gpu_runs.py.
 """
 

@@ -142,8 +142,9 @@ def evaluate(
             :mod:`metaacdc.evaluation.pool`): each draws its own episodes and runs
             ``torch.get_num_threads() // processes`` threads (at least one). 1 evaluates
             in this process. A script using it needs the ``if __name__ == "__main__":``
-            guard (workers are spawned and import the main module). Not one of the CPU fast
-            paths (:mod:`metaacdc.runtime.fast_paths`), whose switch the workers follow.
+            guard (workers are separate processes that import the main module). Not one
+            of the CPU fast paths (:mod:`metaacdc.runtime.fast_paths`), whose switch the
+            workers follow.
         engine: ``learn2learn`` adapts the tasks one by one (:meth:`Learner.adapt`);
             ``batched`` adapts equally shaped tasks together, as many per call as fit in
             memory (:meth:`Learner.predict_tasks`): the same accuracies up to float

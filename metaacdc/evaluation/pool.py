@@ -7,13 +7,18 @@ operation waits for Python's global lock. On the 2-core development machine, two
 processes of one thread evaluated Conv4 84 px 5-way 1-shot tasks 1.27x as fast as one
 process of two threads (median of five rounds of ``scripts/bench_maml.py``; docs/speed.md).
 
-Workers are started with ``spawn`` (a fresh interpreter: forking a process whose OpenMP
-threads have run can hang the child), receive a pickled copy of the work and the sampler
-(a memory-mapped cache pickles as its path, see :class:`~metaacdc.data.CachedSplit`), and
-take task numbers from a shared queue, so a slow task never holds up the others. Each task
+Workers are forked by a ``forkserver``: a fresh interpreter, started once per process, that
+imports torch, learn2learn and the evaluator once and has run no OpenMP threads (forking a
+process whose OpenMP threads have run can hang the child). A worker therefore starts in
+milliseconds rather than the seconds a fresh interpreter spends importing (the server
+itself starts once, with the first pool). Workers receive a pickled copy of the work and the
+sampler (a memory-mapped cache pickles as its path, see
+:class:`~metaacdc.data.CachedSplit`), and take task numbers from a shared queue, so a slow
+task never holds up the others. Each task
 is a pure function of its number: which worker evaluates it changes nothing but float
-rounding from the number of threads. As with any ``spawn`` pool, a script that starts one
-needs the ``if __name__ == "__main__":`` guard (workers import the main module).
+rounding from the number of threads. As with any ``spawn`` or ``forkserver`` pool, a script
+that starts one needs the ``if __name__ == "__main__":`` guard (workers import the main
+module).
 
 The pool is not one of the CPU fast paths of :mod:`metaacdc.runtime.fast_paths`: the number
 of processes is the caller's explicit choice, and it changes no number beyond the rounding
@@ -45,6 +50,9 @@ from metaacdc.runtime.memory import reuse_freed_memory
 
 #: seconds between checks that the workers are still alive while waiting for a result
 _POLL_S = 1.0
+#: what the fork server imports once for every worker it forks (torch, learn2learn and the
+#: evaluator's modules come with it)
+PRELOAD = ("metaacdc.evaluation.evaluator",)
 
 
 def default_threads(processes: int) -> int:
@@ -78,7 +86,8 @@ class EvaluationPool:
         check_positive_int("processes", processes)
         threads = default_threads(processes) if threads is None else threads
         check_positive_int("threads", threads)
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(PRELOAD))  # no effect once the server runs
         self._inbox: Any = context.Queue()
         self._outbox: Any = context.Queue()
         fast = cpu_fast_paths_enabled()
@@ -171,10 +180,12 @@ def _serve(
 ) -> None:
     """A worker's loop: take ``(k, number)`` until a stop sign, send back results; the CPU
     fast paths on or off as ``fast`` says (the parent's setting)."""
+    # a Ctrl-C reaches the whole process group: only the parent handles it (and stops us)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     with cpu_fast_paths(fast), reuse_freed_memory():
         while (item := inbox.get()) is not None:
-            if os.getppid() != parent:  # the parent is gone: nobody reads the results
+            if not _parent_alive(parent):  # nobody reads the results
                 return
             k, number = item
             try:
@@ -182,6 +193,18 @@ def _serve(
             except Exception as error:  # handed to the parent, which raises it
                 outbox.put((k, float("nan"), _portable(error)))
                 return
+
+
+def _parent_alive(parent: int) -> bool:
+    """Whether the process that started this worker (pid ``parent``) still runs; a forked
+    worker's parent process is the fork server, so this asks the pid itself."""
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else: the pid was reused
+        return False
+    return True
 
 
 def _portable(error: Exception) -> BaseException:

@@ -38,9 +38,9 @@ Not governed: **the evaluation worker pool** (``evaluate(..., processes=N)``,
 :mod:`metaacdc.evaluation.pool`). How many processes share the CPU is a choice the caller
 makes explicitly, not a substitution made behind its back, and it changes no number beyond
 the rounding of the thread count each worker runs (``cores // N``; one process on that many
-threads gives the same accuracies). The workers are spawned, so a ContextVar would not reach
-them: the pool hands them the setting in force when it is built, and with the fast paths off
-each worker evaluates its tasks on the plain path.
+threads gives the same accuracies). The workers are separate processes, so a ContextVar
+would not reach them: the pool hands them the setting in force when it is built, and with
+the fast paths off each worker evaluates its tasks on the plain path.
 
 Use the switch off to count or time the plain path (:func:`metaacdc.reports.estimate.task_ops`
 counts a GPU's operators with it; ``scripts/bench_maml.py`` times the project with and

@@ -125,4 +125,14 @@ CASES = [
         r"config\.yaml was edited .*no longer a mapping",
         argv=_on_run("--resume", edit=lambda run: (run / "config.yaml").write_text("- 1\n")),
     ),
+    Case(
+        "resume from a file that is not a checkpoint",
+        r"last\.pt: not a readable metaacdc checkpoint \(not a PyTorch file\)",
+        argv=lambda ws: [
+            "train",
+            "--out",
+            str(ws.write("run/checkpoints/last.pt", b"not a checkpoint").parents[1]),
+            "--resume",
+        ],
+    ),
 ]
