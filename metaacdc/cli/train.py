@@ -140,19 +140,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return build_config(args.config, settings_given(args), source="command line")
 
 
-def resumed_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+def resumed_config(args: argparse.Namespace, out: Path, given: TrainConfig) -> TrainConfig:
     """The settings of the run in ``out`` (:func:`~metaacdc.training.trainer.saved_settings`)
-    with the ``--config`` file's and the flags' on top; :func:`~metaacdc.training.train`
-    refuses those that differ from the run's, listing them."""
+    with those the ``--config`` file and the flags set (``given``, from
+    :func:`config_from_args`) on top; :func:`~metaacdc.training.train` refuses those that
+    differ from the run's, listing them."""
     from metaacdc.training.trainer import saved_settings
 
-    flags = settings_given(args)
-    settings = build_config(args.config, flags, source="command line")
-    given_names = set(flags)
+    names = set(settings_given(args))
     if args.config is not None:
-        given_names |= set(load_config_file(args.config))
-    saved = saved_settings(out)
-    return dataclasses.replace(saved, **{name: getattr(settings, name) for name in given_names})
+        names |= set(load_config_file(args.config))
+    return dataclasses.replace(saved_settings(out), **{n: getattr(given, n) for n in names})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     out = args.out or Path("runs") / run_name(resolve(config, source="command line"))
-    config = resolve(resumed_config(args, out) if args.resume else config, source="command line")
+    if args.resume:
+        config = resumed_config(args, out, config)
+    config = resolve(config, source="command line")
     with distributed.join(config.device) as world:
         try:
             summary = train(config, out, resume=args.resume, stop_after=args.stop_after)

@@ -49,6 +49,7 @@ from metaacdc.runs.folder import (
 from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
 from metaacdc.runtime.device import resolve_device
+from metaacdc.runtime.finite import all_finite
 from metaacdc.training.state import TrainState
 from metaacdc.training.step import StepStats, batched_train_step, meta_train_step
 
@@ -371,11 +372,12 @@ class _Session:
         Raises:
             TrainingDivergedError: naming the first non-finite weight.
         """
-        for name, values in self.learner.state_dict().items():
-            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-                raise TrainingDivergedError(
-                    self.state.step, f"weight {name} is not finite", self.saved_step
-                )
+        weights = self.learner.state_dict()
+        if not all_finite(weights.values()):  # one host sync; names only on the way out
+            name = next(key for key, values in weights.items() if not all_finite([values]))
+            raise TrainingDivergedError(
+                self.state.step, f"weight {name} is not finite", self.saved_step
+            )
 
     def validate(self, metrics: list[float]) -> None:
         """Validate the current meta-update (``metrics``: its training loss, accuracy,
