@@ -14,7 +14,7 @@ import metaacdc.training.trainer as trainer_module
 from metaacdc.api import load
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.config.schema import RULES
-from metaacdc.errors import ConfigError
+from metaacdc.errors import ConfigError, NonFiniteError
 from metaacdc.runs.experiment import evaluation_transform, training_transform
 from metaacdc.runs.folder import RunFolder
 from metaacdc.training import TrainingDivergedError, train
@@ -137,3 +137,25 @@ def test_an_edited_config_is_refused_by_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"edited .*\(test_inner_steps: 2 -> 9\)"):
         load(tmp_path / "run")
     load(tmp_path / "run" / "checkpoints" / "best.pt")  # a checkpoint file stands alone
+
+
+def test_a_diverging_validation_stops_the_run_keeping_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = trainer_module.evaluate
+
+    def diverging(*args: object, **kwargs: object):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second validation's adaptation runs away
+            raise NonFiniteError("the adaptation diverged: the adapted weights hold NaN")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "evaluate", diverging)
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"validation failed \(the adaptation diverged.*\) at meta-update 2; stopped, "
+        r"the last finite checkpoint \(meta-update 1\) is kept",
+    ):
+        train(TINY_RUN, tmp_path / "run", progress=False)
+    assert _step(tmp_path / "run") == 1
