@@ -7,6 +7,14 @@ ratio and, with ``--top N``, the operators that differ most. The optimizer step 
 counted (the same for both engines). The learn2learn engine is counted with the CPU fast
 paths on and off (:mod:`metaacdc.runtime.fast_paths`; a GPU runs it as "off").
 
+The row "batched, captured" is what a meta-update launches from Python when its whole step
+is replayed from a CUDA graph (``--cuda-graphs``, :mod:`metaacdc.training.graphed_step`):
+stacking the episode, drawing its atom-drop masks, copying both into the graph's static
+inputs, one replay (counted as one operator, ``graph_replay``) and reading the loss back. Its
+Adam step is inside the graph; the other rows leave the optimizer step out. The capture is
+stood in for by a recording that replays nothing (counting needs no GPU), so that row has no
+time.
+
 ``--time`` also times one meta-update of each engine (median of ``--repeats``, after a
 warm-up), with ``--reuse-memory`` inside :func:`metaacdc.runtime.memory.reuse_freed_memory`
 (the batched engine's activations are ``tasks`` times larger: above glibc's mmap threshold
@@ -36,9 +44,13 @@ from metaacdc.data import Episode
 from metaacdc.maml.batched import BatchedMAML
 from metaacdc.maml.learner import MetaLearner
 from metaacdc.reports.estimate import _METADATA_OPS
+from metaacdc.runtime.cuda_graphs import Recorded
 from metaacdc.runtime.fast_paths import cpu_fast_paths
 from metaacdc.runtime.memory import reuse_freed_memory
+from metaacdc.training.graphed_step import GraphedTrainStep
 from metaacdc.training.step import meta_train_step
+
+CAPTURED = "batched, captured"
 
 
 class OpTally(TorchDispatchMode):
@@ -57,6 +69,25 @@ class OpTally(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class ReplayCounter:
+    """A stand-in capture for counting: records by running once, and a replay does nothing
+    but count itself (the launches inside a graph are not made from Python)."""
+
+    def __init__(self) -> None:
+        self.replays = 0
+
+    def warm_up(self, calls: Callable[[], None]) -> None:
+        calls()
+
+    def record(self, run: Recorded) -> tuple[Callable[[], None], list[torch.Tensor]]:
+        outputs = [output.detach().clone() for output in run()]
+
+        def replay() -> None:
+            self.replays += 1
+
+        return replay, outputs
 
 
 def make_tasks(args: argparse.Namespace) -> list[Episode]:
@@ -89,8 +120,9 @@ def make_learner(args: argparse.Namespace) -> MetaLearner:
     return MetaLearner(model, 0.01, args.first_order, args.adapt, args.meta_sgd).train()
 
 
-def engines(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
-    """One meta-gradient per engine, as a callable (fresh gradients each call)."""
+def engines(args: argparse.Namespace, replays: ReplayCounter) -> dict[str, Callable[[], None]]:
+    """One meta-gradient per engine, as a callable (fresh gradients each call); the captured
+    step's replays go to ``replays``."""
     tasks = make_tasks(args)
     seeds = list(range(args.tasks))
     cpu = torch.device("cpu")
@@ -110,10 +142,17 @@ def engines(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
         learner.zero_grad(set_to_none=True)
         batched.meta_gradient(tasks, args.steps, seeds)
 
+    frozen = torch.optim.Adam(learner.parameters(), lr=0.0)
+    graphed = GraphedTrainStep(batched, frozen, args.steps, capture=replays)
+
+    def captured_step() -> None:
+        graphed(tasks, seeds)
+
     return {
         "learn2learn (fast paths on)": l2l_step(True),
         "learn2learn (fast paths off)": l2l_step(False),
         "batched": batched_step,
+        CAPTURED: captured_step,
     }
 
 
@@ -154,8 +193,10 @@ def main() -> None:
     parser.add_argument("--reuse-memory", action="store_true", help="time with heap reuse")
     args = parser.parse_args()
 
-    steps = engines(args)
+    replays = ReplayCounter()
+    steps = engines(args, replays)
     tallies = {name: count(step) for name, step in steps.items()}
+    tallies[CAPTURED].counts["graph_replay"] = replays.replays - 1  # the warm-up's is not counted
     reference = tallies["learn2learn (fast paths off)"].total
     order = "first" if args.first_order else "second"
     print(
@@ -174,6 +215,8 @@ def main() -> None:
     if args.time:
         with reuse_freed_memory() if args.reuse_memory else contextlib.nullcontext():
             for name, step in steps.items():
+                if name == CAPTURED:
+                    continue  # nothing is replayed without a GPU
                 print(f"  {name:30s} {timed(step, args.repeats):7.3f} s per meta-update")
 
 

@@ -5,6 +5,7 @@ the CPU. Skipped where no GPU is present (CI has none; these run on a GPU machin
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from metaacdc.data import Episode, EpisodeSampler, episode_loader
 from metaacdc.evaluation.evaluator import evaluate
 from metaacdc.maml.batched import BatchedMAML
 from metaacdc.maml.learner import MetaLearner
+from metaacdc.runs.folder import RunFolder
 from metaacdc.training import meta_train_step, train
+from metaacdc.training.graphed_step import GraphedTrainStep, adam
 from metaacdc.training.step import StepStats, batched_train_step
 from tests.tiny_runs import IMAGE_SIZE, evaluation_episodes, make_run, synthetic
 from tests.training.test_gradients import LR, STEPS, tiny_model, toy_tasks
@@ -193,3 +196,74 @@ def test_batched_evaluation_on_the_gpu_equals_the_cpu(tmp_path: Path) -> None:
     got = evaluate(on_gpu, sampler, 20, progress=False, engine="batched")
     assert np.abs(got.accuracies - want.accuracies).max() <= 1 / 20  # one near-tie at most
     assert on_gpu.tasks_per_batch(*sampler.episode(0)[:2]) > 1
+
+
+# ------------------------------------------------------------- whole-step CUDA graphs
+
+
+def captured_steps(
+    conv: str, first_order: bool, graphed: bool, lr: float = 1e-3
+) -> tuple[list[StepStats], MetaLearner]:
+    """Three batched meta-updates on the GPU with a capturable Adam, captured (the first
+    call captures, the others replay) or eager."""
+    learner = MetaLearner(tiny_model(conv), LR, first_order).to(CUDA)
+    optimizer = adam(learner.parameters(), lr, capturable=True)
+    engine = BatchedMAML(learner)
+    step = GraphedTrainStep(engine, optimizer, STEPS)
+    tasks = [Episode(*(t.pin_memory() for t in task)) for task in toy_tasks()]
+    seeds = [11, 12]
+    stats = [
+        step(tasks, seeds)
+        if graphed
+        else batched_train_step(engine, tasks, optimizer, STEPS, task_seeds=seeds)
+        for _ in range(3)
+    ]
+    return stats, learner
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
+@pytest.mark.parametrize("conv", ["plain", "acdc-net"])
+def test_a_captured_meta_update_equals_the_eager_one(conv: str, first_order: bool) -> None:
+    eager_stats, eager = captured_steps(conv, first_order, graphed=False)
+    graphed_stats, graphed = captured_steps(conv, first_order, graphed=True)
+    for got, want in zip(graphed_stats, eager_stats):
+        assert got.loss == pytest.approx(want.loss, rel=1e-5)
+        assert got.accuracy == want.accuracy
+    for got, want in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
+def test_captured_meta_gradients_equal_the_cpus(first_order: bool) -> None:
+    """A replay's meta-gradient (Adam at step size 0 leaves the weights as they were, so
+    every replay takes the same gradient) against the learn2learn engine's on the CPU."""
+    _, want = meta_gradients("acdc-net", first_order, torch.device("cpu"))
+    _, learner = captured_steps("acdc-net", first_order, graphed=True, lr=0.0)
+    for got, theirs in zip(learner.parameters(), want):
+        assert got.grad is not None
+        torch.testing.assert_close(got.grad.cpu(), theirs, rtol=1e-3, atol=1e-4)
+
+
+def test_a_run_with_cuda_graphs_learns_as_one_without(tmp_path: Path) -> None:
+    """Captured and eager runs differ by float rounding only (the capturable Adam's bias
+    correction is computed on the GPU); the captured run's log names no fallback."""
+    captured = tmp_path / "captured"
+    train(tiny(device="cuda", cuda_graphs="on"), captured, progress=False)
+    train(tiny(device="cuda", cuda_graphs="off"), tmp_path / "eager", progress=False)
+    assert "CUDA graphs off" not in RunFolder(captured).log.read_text()
+    for name, value in parameters(tmp_path / "eager").items():
+        torch.testing.assert_close(parameters(captured)[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_captured_evaluation_equals_the_eager_one(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    graphed = load(run.root, device="cuda")
+    eager = load(run.root, device="cuda")
+    eager.config = dataclasses.replace(eager.config, cuda_graphs="off")
+    sampler = evaluation_episodes(eager)
+    for _ in range(2):  # the second evaluation replays what the first captured
+        got = evaluate(graphed, sampler, 20, progress=False, engine="batched")
+        want = evaluate(eager, sampler, 20, progress=False, engine="batched")
+        assert np.array_equal(got.accuracies, want.accuracies)
+    engine = graphed._batched_engine()
+    assert engine._graphs.captured >= 1 and engine._graphs.off_because is None

@@ -4,12 +4,13 @@ makes the same table and plot from existing run folders."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from metaacdc.cli.options import ACDC_SHARES, conv_spec, given
 from metaacdc.config import TrainConfig, build_config
-from metaacdc.errors import check_positive_int
+from metaacdc.errors import ConfigError, check_positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +26,7 @@ OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("--seed", "seed", int),
     ("--device", "device", str),
     ("--engine", "engine", str),
+    ("--cuda-graphs", "cuda_graphs", str),
     ("--workers", "workers", int),
 )
 
@@ -72,6 +74,13 @@ def add_parser(sub: Any) -> None:
         help="print estimated GPU hours and memory per run (metaacdc/estimate.py), run nothing",
     )
     curve.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="CSV",
+        help="with --estimate: scale its hours for the arm (--engine, --cuda-graphs) these "
+        "runs take on a GPU, fitted on a table of scripts/bench_gpu_runs.py --csv",
+    )
+    curve.add_argument(
         "--out",
         type=Path,
         default=Path("runs/curve"),
@@ -82,6 +91,14 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=None,
         help="at most N meta-updates per unfinished run now (resume later)",
+    )
+    curve.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N|auto",
+        help="runs trained and evaluated at once, each in a process of its own (each "
+        "resumable as with 1); auto: as many as the GPU's free memory holds by the "
+        "estimated peaks, 1 on the CPU (default 1: one after another in this process)",
     )
     _add_reference_option(curve)
     curve.set_defaults(handler=run_curve)
@@ -121,20 +138,48 @@ def _grid(args: argparse.Namespace) -> list[TrainConfig]:
     return grid_configs(_base_config(args), args.shots, args.backbones, convs, args.data or [])
 
 
+def parse_jobs(text: str) -> int | Literal["auto"]:
+    """``--jobs``: a whole number >= 1, or ``auto``.
+
+    Raises:
+        ConfigError: anything else, in one line.
+    """
+    if text == "auto":
+        return "auto"
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--jobs={text!r} is not valid; expected an integer >= 1 or auto"
+        ) from None
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} is not valid; expected an integer >= 1 or auto")
+    return jobs
+
+
 def run_curve(args: argparse.Namespace) -> int:
     for shots in args.shots:
         check_positive_int("--shots", shots)
     check_positive_int("--tasks", args.tasks)
     check_positive_int("--eval-processes", args.eval_processes)
+    jobs = parse_jobs(args.jobs)
+    from metaacdc.cli import load_plugins  # for each --jobs process, as main() did here
     from metaacdc.reports.curves import summarise, write_report
     from metaacdc.reports.grid import run_grid
     from metaacdc.runs.folder import RunFolder
 
     configs = _grid(args)
+    if args.calibration and not args.estimate:
+        raise ConfigError("--calibration scales the hours of --estimate; give --estimate too")
     if args.estimate:
+        from metaacdc.reports.calibration import calibrated_estimates
         from metaacdc.reports.estimate import estimate_grid, format_estimates
 
-        print(format_estimates(estimate_grid(configs, args.tasks)))
+        if args.calibration:
+            base = _base_config(args)
+            print(calibrated_estimates(base, configs, args.calibration, args.tasks))
+        else:
+            print(format_estimates(estimate_grid(configs, args.tasks)))
         return 0
     outcome = run_grid(
         configs,
@@ -143,6 +188,8 @@ def run_curve(args: argparse.Namespace) -> int:
         episodes=args.episodes or [],
         processes=args.eval_processes,
         stop_after=args.stop_after,
+        jobs=jobs,
+        prepare_job=load_plugins,
         log=lambda line: print(line, flush=True),
     )
     if outcome.busy:
@@ -154,7 +201,13 @@ def run_curve(args: argparse.Namespace) -> int:
     table = summarise([d for d in outcome.run_dirs if RunFolder(d).config.is_file()])
     for path in write_report(table, args.out, _references(args.reference, table)):
         print(path)
-    return 0
+    # --jobs: the runs that failed, once the others ended (with one job the first error
+    # stops the grid, and the CLI reports it)
+    for name, message in outcome.mistakes.items():
+        print(f"metaacdc curve: error: {name}: {message}", file=sys.stderr)
+    for name, message in outcome.failures.items():
+        print(f"metaacdc curve: failed: {name}: {message}", file=sys.stderr)
+    return 1 if outcome.failures else 2 if outcome.mistakes else 0
 
 
 def run_report(args: argparse.Namespace) -> int:

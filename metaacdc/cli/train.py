@@ -64,6 +64,13 @@ OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
         "learn2learn (tasks one by one), batched (the meta-batch at once) or auto (default: "
         "batched on CUDA, learn2learn on the CPU; a resumed run keeps its engine)",
     ),
+    (
+        "--cuda-graphs",
+        "cuda_graphs",
+        str,
+        "auto (default: capture each batched meta-update as one CUDA graph where supported), "
+        "on, or off",
+    ),
     ("--workers", "workers", int, "background episode workers (default 2)"),
     (
         "--init",
@@ -116,7 +123,7 @@ def add_parser(sub: Any) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out with the settings its folder holds (flags given again "
-        "must agree; --device, --workers and --stop-after may change)",
+        "must agree; --device, --workers, --cuda-graphs and --stop-after may change)",
     )
     parser.add_argument(
         "--stop-after", type=int, default=None, help="do at most N meta-updates now (resume later)"

@@ -16,7 +16,14 @@ import yaml
 from metaacdc.acdc.tying import grouped_spec
 from metaacdc.backbones.init import INITS as BACKBONE_INITS
 from metaacdc.config.dataset import dataset_of
-from metaacdc.config.schema import ADAPT_SCOPES, DATASETS, ENGINES, INITS, check_settings
+from metaacdc.config.schema import (
+    ADAPT_SCOPES,
+    CUDA_GRAPHS,
+    DATASETS,
+    ENGINES,
+    INITS,
+    check_settings,
+)
 from metaacdc.convs.base import ConvKind
 from metaacdc.convs.registry import conv_kind
 from metaacdc.errors import ConfigError
@@ -69,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     engine: str = "auto"
+    cuda_graphs: str = "auto"
     workers: int = 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +260,7 @@ def conv_kind_of(config: TrainConfig) -> ConvKind:
 
 __all__ = [
     "ADAPT_SCOPES",
+    "CUDA_GRAPHS",
     "DATASETS",
     "DATASET_IMAGE_SIZES",
     "ENGINES",

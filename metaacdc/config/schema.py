@@ -27,6 +27,9 @@ DATASETS: tuple[str, ...] = (
 #: MAML engines (:mod:`metaacdc.maml.engine`): ``auto`` picks the faster one on the device
 ENGINES: tuple[str, ...] = ("auto", "learn2learn", "batched")
 ADAPT_SCOPES: tuple[str, ...] = ("all", "head")
+#: whole-step CUDA-graph capture (:mod:`metaacdc.runtime.cuda_graphs`): ``auto`` captures
+#: where it is supported (the batched engine on CUDA, one process), ``on`` insists
+CUDA_GRAPHS: tuple[str, ...] = ("auto", "on", "off")
 #: initialisation schemes (:mod:`metaacdc.backbones.init`); ``auto`` is the first of
 #: them for a new run, and a resumed run's own
 INITS: tuple[str, ...] = ("auto", *BACKBONE_INITS)
@@ -160,6 +163,7 @@ RULES: dict[str, Rule] = {
     "device": Rule(str),
     "amp": FLAG,
     "engine": Rule(str, choices=ENGINES),
+    "cuda_graphs": Rule(str, choices=CUDA_GRAPHS),
     "workers": _whole(0),
 }
 

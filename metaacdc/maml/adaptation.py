@@ -62,6 +62,7 @@ class Learner:
         transform = eval_transform_for(config.dataset, config.augment)
         self._engine: BatchedMAML | None = None
         self._task_bytes: dict[tuple[object, ...], int] = {}
+        self._task_counts: dict[tuple[object, ...], int] = {}
         self._preprocess = ImagePreprocessor(
             data.channels,
             data.image_size,
@@ -310,11 +311,19 @@ class Learner:
                 self._task_bytes[key] = self._batched_engine().adaptation_bytes(
                     support_x, support_y.to(self.device)
                 )
-        return pieces_that_fit(self._task_bytes[key], self.device)
+        engine = self._batched_engine()
+        if not engine.captures:
+            return pieces_that_fit(self._task_bytes[key], self.device)
+        # captured adaptations are kept per call shape: a count fixed once for the shape,
+        # not re-read from the free memory their own graphs take
+        if key not in self._task_counts:
+            self._task_counts[key] = pieces_that_fit(self._task_bytes[key], self.device)
+        return self._task_counts[key]
 
     def _batched_engine(self) -> BatchedMAML:
         if self._engine is None:
-            self._engine = BatchedMAML(self.meta)
+            graphs = self.device.type == "cuda" and self.config.cuda_graphs != "off"
+            self._engine = BatchedMAML(self.meta, cuda_graphs=graphs)
         return self._engine
 
     # ------------------------------------------------------------------- validation

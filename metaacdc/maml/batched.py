@@ -59,11 +59,13 @@ from metaacdc.acdc.layer import ACDCConv2d
 from metaacdc.data import Episode
 from metaacdc.errors import ConfigError, check_positive_int
 from metaacdc.maml.atom_drop import MaskDraw, draw_masks, plan_draws
+from metaacdc.maml.graphed_adaptation import AdaptationGraphs
 from metaacdc.maml.l2l import learn2learn as l2l
 from metaacdc.maml.learner import MetaLearner, loss_precision
 from metaacdc.maml.modes import evaluation_mode
 from metaacdc.maml.task_batch import TaskBatch, checked_batch, stack_tasks
 from metaacdc.maml.task_forward import Params, tasks_forward
+from metaacdc.runtime.cuda_graphs import Capture
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,34 @@ class BatchedMAML:
         learner: the meta-learner; its settings (first or second order, ``adapt`` scope,
             MAML or Meta-SGD, inner step size) are the engine's. It reads them at each
             call, so a learner changed in between (modes, weights) is used as it is then.
+        cuda_graphs: replay :meth:`adapted_logits` as CUDA graphs, one per call shape seen
+            twice (:mod:`metaacdc.maml.graphed_adaptation`); the model must be on CUDA.
+        capture: how to capture (tests pass a CPU
+            :class:`~metaacdc.runtime.cuda_graphs.Rehearsal`).
 
     Raises:
         ConfigError: a model whose batch norms keep running statistics.
     """
 
-    def __init__(self, learner: MetaLearner) -> None:
+    def __init__(
+        self, learner: MetaLearner, *, cuda_graphs: bool = False, capture: Capture | None = None
+    ) -> None:
         _check_supported(learner)
         self.learner = learner
         self._plans: dict[tuple[object, ...], tuple[MaskDraw, ...]] = {}
+        self._graphs = AdaptationGraphs(
+            self._eager_logits,
+            self.draws_anything,
+            self._adaptation_setting,
+            enabled=cuda_graphs,
+            capture=capture,
+        )
+
+    @property
+    def captures(self) -> bool:
+        """Whether :meth:`adapted_logits` is replayed from CUDA graphs (when asked, and
+        until a capture is refused)."""
+        return self._graphs.enabled and self._graphs.off_because is None
 
     # ------------------------------------------------------------------ parameters
 
@@ -132,6 +153,14 @@ class BatchedMAML:
 
     def _inner_lr(self) -> float:
         return float(self.learner.wrapped.lr)
+
+    def _adaptation_setting(self) -> tuple[object, ...]:
+        """What besides tensors an adaptation reads: the modes, scope and step size."""
+        return (
+            tuple(module.training for module in self.learner.modules()),
+            self.learner.adapt_scope,
+            self._inner_lr(),
+        )
 
     # --------------------------------------------------------------------- forward
 
@@ -240,35 +269,30 @@ class BatchedMAML:
             params = dict(zip(params, updated))
         return params
 
-    def _adapted_params(
+    def _detached_adaptation(
         self,
         batch: TaskBatch,
         steps: int,
         seeds: Sequence[int | None],
         *,
-        query_masks: bool,
-        create_graph: bool = False,
-        detached: bool = False,
         lr: float | None = None,
         ways: int | None = None,
-    ) -> tuple[Params, list[list[Tensor]]]:
-        """Every task's adapted parameters (:meth:`_adapt` from the meta-parameters) and
-        the atom-drop masks of its passes (the query pass's too where ``query_masks``)."""
+    ) -> Params:
+        """Every task's parameters after ``steps`` first-order inner steps from the
+        meta-parameters, detached from them (evaluation's adaptation)."""
         module = self._features if self._features is not None else self._adapted
-        query = batch.query_x if query_masks else None
-        masks = self._masks(module, batch.support_x, query, steps, seeds)
-        params = self._adapt(
-            self._task_params(batch.tasks, detached),
+        masks = self._masks(module, batch.support_x, None, steps, seeds)
+        return self._adapt(
+            self._task_params(batch.tasks, detached=True),
             batch.support_x,
             batch.support_y,
             steps,
             masks,
-            create_graph=create_graph,
-            detached=detached,
+            create_graph=False,
+            detached=True,
             lr=lr,
             ways=ways,
         )
-        return params, masks
 
     def _task_params(self, tasks: int, detached: bool) -> Params:
         """The meta-parameters expanded along a task dimension (views, no copies)."""
@@ -311,12 +335,40 @@ class BatchedMAML:
                 ``inner_steps``.
         """
         check_positive_int("inner_steps", inner_steps, minimum=0)
-        batch = self._batch(tasks)
-        assert batch.query_y is not None
+        batch = self.batch(tasks)
+        masks = self.step_masks(batch, inner_steps, task_seeds)
+        return self.masked_meta_gradient(batch, inner_steps, masks)
+
+    def step_masks(
+        self,
+        batch: TaskBatch,
+        inner_steps: int,
+        task_seeds: Sequence[int | None] | None = None,
+    ) -> list[list[Tensor]]:
+        """The atom-drop masks of a :meth:`meta_gradient` on ``batch``: per forward (the
+        inner steps' support passes, then the query pass) one ``(T, *shape)`` mask per
+        draw, drawn from ``task_seeds`` (see :meth:`meta_gradient`). Drawn apart from the
+        computation so that a captured step (:mod:`metaacdc.runtime.cuda_graphs`) takes them
+        as inputs."""
+        module = self._features if self._features is not None else self._adapted
         seeds = self._seeds(task_seeds, batch.tasks)
+        return self._masks(module, batch.support_x, batch.query_x, inner_steps, seeds)
+
+    def masked_meta_gradient(
+        self, batch: TaskBatch, inner_steps: int, masks: Sequence[Sequence[Tensor]]
+    ) -> BatchedStep:
+        """:meth:`meta_gradient` with the masks of :meth:`step_masks` given: no host
+        synchronisation and no random draw, so it can be captured in a CUDA graph."""
+        assert batch.query_y is not None
         first_order = bool(self.learner.first_order)
-        params, masks = self._adapted_params(
-            batch, inner_steps, seeds, query_masks=True, create_graph=not first_order
+        params = self._adapt(
+            self._task_params(batch.tasks, detached=False),
+            batch.support_x,
+            batch.support_y,
+            inner_steps,
+            masks,
+            create_graph=not first_order,
+            detached=False,
         )
         logits = self._logits(params, batch.query_x, masks[inner_steps], None)
         task_losses = _task_losses(loss_precision(logits), batch.query_y)
@@ -374,12 +426,29 @@ class BatchedMAML:
             )
         batch = checked_batch(support_x, support_y, query_x)
         seeds = self._seeds(task_seeds, batch.tasks)
+        graphed = self._graphs.logits(batch, steps, seeds, lr, ways)
+        if graphed is not None:
+            return graphed
+        return self._eager_logits(batch, steps, seeds, lr, ways)
+
+    def _eager_logits(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        seeds: Sequence[int | None],
+        lr: float | None,
+        ways: int | None,
+    ) -> Tensor:
         with torch.enable_grad():
-            params, _ = self._adapted_params(
-                batch, steps, seeds, query_masks=False, detached=True, lr=lr, ways=ways
-            )
+            params = self._detached_adaptation(batch, steps, seeds, lr=lr, ways=ways)
         with torch.no_grad(), evaluation_mode(self.learner):
             return self._logits(params, batch.query_x, [], None, ways)
+
+    def draws_anything(self, example: Tensor) -> bool:
+        """Whether an adaptation on images like ``example`` ``(N, C, H, W)`` draws atom-drop
+        masks (ACDC layers with atom-drop in training mode)."""
+        module = self._features if self._features is not None else self._adapted
+        return bool(self._plan(module, example))
 
     def accuracies(
         self,
@@ -391,7 +460,7 @@ class BatchedMAML:
         task_seeds: Sequence[int | None] | None = None,
     ) -> Tensor:
         """``(T,)`` float64 query accuracy of each task after :meth:`adapted_logits`."""
-        batch = self._batch(tasks)
+        batch = self.batch(tasks)
         assert batch.query_y is not None
         logits = self.adapted_logits(
             batch.support_x,
@@ -417,7 +486,7 @@ class BatchedMAML:
 
         batch = checked_batch(support_x[None], support_y[None], support_x[None, :1])
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(count, _unpacked):
-            self._adapted_params(batch, 1, [None], query_masks=False, detached=True)
+            self._detached_adaptation(batch, 1, [None])
         return saved
 
     # ------------------------------------------------------------------ validation
@@ -425,7 +494,12 @@ class BatchedMAML:
     def _device(self) -> torch.device:
         return next(self.learner.parameters()).device
 
-    def _batch(self, tasks: Sequence[Episode] | TaskBatch) -> TaskBatch:
+    def batch(self, tasks: Sequence[Episode] | TaskBatch) -> TaskBatch:
+        """``tasks`` stacked on the model's device (a :class:`TaskBatch` is checked as is).
+
+        Raises:
+            ConfigError: no task, or tasks of different shapes.
+        """
         if isinstance(tasks, TaskBatch):
             checked_batch(tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
             return tasks

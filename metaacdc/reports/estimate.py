@@ -219,18 +219,53 @@ def estimate_run(
     total_s = train_count * seconds(train_task, ops.train) + eval_count * seconds(
         eval_task, ops.eval
     )
-    graphs = costs.saved(config.ways * config.queries)
-    if not config.first_order:
-        graphs += 2 * config.inner_steps * costs.saved(support)
-    copies = 2 if config.first_order else config.inner_steps + 1  # adapted parameter copies
-    parameter_bytes = 4 * costs.parameters * (4 + copies)  # weights, grad, Adam m and v
     return RunEstimate(
         config=config,
         train_tflop=train_count * train_task / 1e12,
         eval_tflop=eval_count * eval_task / 1e12,
         hours=total_s / 3600,
-        peak_gib=(graphs + parameter_bytes + CUDA_OVERHEAD_BYTES) / 2**30,
+        peak_gib=peak_bytes(config, costs) / 2**30,
     )
+
+
+def peak_bytes(config: TrainConfig, costs: ModelCosts) -> float:
+    """The memory part of the cost model (module docstring) for one resolved config: the
+    graphs a training task keeps alive, the parameters with their gradients, adapted copies
+    and Adam state, and the CUDA context."""
+    graphs = costs.saved(config.ways * config.queries)
+    if not config.first_order:
+        graphs += 2 * config.inner_steps * costs.saved(config.ways * config.shots)
+    copies = 2 if config.first_order else config.inner_steps + 1  # adapted parameter copies
+    parameter_bytes = 4 * costs.parameters * (4 + copies)  # weights, grad, Adam m and v
+    return graphs + parameter_bytes + CUDA_OVERHEAD_BYTES
+
+
+def _channels(config: TrainConfig) -> int:
+    return 1 if config.dataset == "omniglot" else 3
+
+
+def _measured(config: TrainConfig, measured: dict[tuple[Any, ...], ModelCosts]) -> ModelCosts:
+    """The :class:`ModelCosts` of a resolved config's model, measured once per distinct
+    model and image size (``measured`` keeps them)."""
+    assert config.image_size is not None
+    key = (config.backbone, config.conv, config.atoms, config.group_size, config.image_size)
+    if key not in measured:
+        model = build_model(config, _channels(config))
+        measured[key] = model_costs(model, _channels(config), config.image_size)
+    return measured[key]
+
+
+def estimate_peaks(configs: list[TrainConfig]) -> list[float]:
+    """The estimated peak GPU memory (GiB) of each config, as :func:`estimate_grid` gives
+    it, without counting operators: that count, needed only for time, takes tens of
+    seconds per model on a CPU, where the memory part takes a few (``curve --jobs auto``
+    asks this before it starts anything)."""
+    measured: dict[tuple[Any, ...], ModelCosts] = {}
+    peaks = []
+    for config in configs:
+        config = resolve(config)
+        peaks.append(peak_bytes(config, _measured(config, measured)) / 2**30)
+    return peaks
 
 
 def estimate_grid(configs: list[TrainConfig], test_tasks: int = 3000) -> list[RunEstimate]:
@@ -241,13 +276,8 @@ def estimate_grid(configs: list[TrainConfig], test_tasks: int = 3000) -> list[Ru
     estimates = []
     for config in configs:
         config = resolve(config)
-        assert config.image_size is not None
-        channels = 1 if config.dataset == "omniglot" else 3
+        channels = _channels(config)
         model_key = (config.backbone, config.conv, config.atoms, config.group_size)
-        key = (*model_key, config.image_size)
-        if key not in measured:
-            model = build_model(config, channels)
-            measured[key] = model_costs(model, channels, config.image_size)
         task_key = (
             *model_key,
             *(config.first_order, config.inner_steps, config.test_inner_steps),
@@ -256,7 +286,8 @@ def estimate_grid(configs: list[TrainConfig], test_tasks: int = 3000) -> list[Ru
         )
         if task_key not in counted:
             counted[task_key] = task_ops(config, channels)
-        estimates.append(estimate_run(config, measured[key], counted[task_key], test_tasks))
+        costs = _measured(config, measured)
+        estimates.append(estimate_run(config, costs, counted[task_key], test_tasks))
     return estimates
 
 

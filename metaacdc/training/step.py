@@ -45,7 +45,7 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` where ``amp``, else nothing."""
     if amp:
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -100,7 +100,7 @@ def meta_train_step(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     count = 0
-    autocast = _autocast(device, amp)
+    autocast = autocast_for(device, amp)
     for task, seed in zip(tasks, seeds):
         support_x, support_y, query_x, query_y = (t.to(device, non_blocking=True) for t in task[:4])
         with _seeded(seed, device):
@@ -152,7 +152,7 @@ def batched_train_step(
     world = distributed.current() if world is None else world
     device = next(engine.learner.parameters()).device
     optimizer.zero_grad(set_to_none=True)
-    autocast = _autocast(device, amp)
+    autocast = autocast_for(device, amp)
     with autocast:
         result = engine.meta_gradient(tasks, inner_steps, task_seeds)
     queries = result.queries * len(result.hits)

@@ -48,15 +48,17 @@ from metaacdc.runs.folder import (
 )
 from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
+from metaacdc.runtime.cuda_graphs import wants_graphs
 from metaacdc.runtime.device import resolve_device
 from metaacdc.runtime.finite import all_finite
+from metaacdc.training.graphed_step import GraphedTrainStep, adam, match_capturable
 from metaacdc.training.state import TrainState
 from metaacdc.training.step import StepStats, batched_train_step, meta_train_step
 
 #: Validation tasks are drawn with this seed in every run, so runs are compared on one list.
 VALIDATION_SEED = 0
 #: Settings that may differ when a run is resumed (they do not change its result on CPU).
-RUNTIME_SETTINGS = ("device", "workers")
+RUNTIME_SETTINGS = ("device", "workers", "cuda_graphs")
 #: What a setting added since was in runs saved before it existed.
 _SAVED_BEFORE = {"engine": "learn2learn", "init": "closerlook"}
 #: Settings whose ``auto`` means "the saved run's" when a run is resumed.
@@ -287,12 +289,16 @@ class _Session:
         self.learner = MetaLearner(
             model, config.inner_lr, bool(config.first_order), config.adapt, config.meta_sgd
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.meta_lr)
-        self.batched = BatchedMAML(self.learner) if config.engine == "batched" else None
+        graphs = wants_graphs(config.cuda_graphs, self.device, engine=config.engine)
+        self.optimizer = adam(self.learner.parameters(), config.meta_lr, capturable=graphs)
+        self.batched = (
+            BatchedMAML(self.learner, cuda_graphs=graphs) if config.engine == "batched" else None
+        )
         self.state = TrainState()
         if payload is not None:
             self.learner.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
+            match_capturable(self.optimizer)
             self.state = TrainState.from_checkpoint(payload)
         self.saved_step = None if payload is None else self.state.step
         self.config_hash = _config_hash(folder, config, payload)
@@ -308,7 +314,25 @@ class _Session:
         self.val_sampler = evaluation_sampler(config, splits["val"], self.data, VALIDATION_SEED)
         self.mine = world.shard(config.meta_batch)  # this process's tasks of every meta-batch
         self.log = _Log(folder.log if world.is_main else None)
+        self.graphed = self._graphed_step(graphs)
+        # one evaluation learner for the session: its captured adaptations are reused
+        self.validator = Learner(self.learner, config, self.data, self.device)
         self.started = self.saved_at = time.perf_counter()
+
+    def _graphed_step(self, graphs: bool) -> GraphedTrainStep | None:
+        """The captured meta-update where ``graphs`` and one process trains."""
+        if not graphs:
+            return None
+        assert self.batched is not None
+        if self.world.distributed:
+            self.log(
+                f"CUDA graphs off for training: {self.world.size} processes share each "
+                "meta-batch (their gradients meet between the backward and the step)"
+            )
+            return None
+        return GraphedTrainStep(
+            self.batched, self.optimizer, self.config.inner_steps, amp=self.config.amp
+        )
 
     def start_folder(self) -> None:
         """Write the run folder's records (rank 0), once everything is known to work: a new
@@ -392,7 +416,7 @@ class _Session:
         state.owed = metrics  # until its row is written: a Ctrl-C now leaves it owed
         try:
             result = evaluate(
-                Learner(self.learner, self.config, self.data, self.device),  # evaluation's path
+                self.validator,  # evaluation's path
                 self.val_sampler,
                 self.config.val_tasks,
                 inner_steps=self.config.test_inner_steps,
@@ -485,7 +509,9 @@ class _Session:
         """
         config, step = self.config, self.state.step
         seeds = [task_seed(config.seed, step * config.meta_batch + i) for i in self.mine]
-        if self.batched is not None:
+        if self.graphed is not None:
+            stats = self._graphed_update(tasks, seeds)
+        elif self.batched is not None:
             stats = batched_train_step(
                 self.batched,
                 tasks,
@@ -510,6 +536,28 @@ class _Session:
             raise TrainingDivergedError(step + 1, f"meta-loss is {stats.loss}", self.saved_step)
         self.state.step += 1
         return stats
+
+    def _graphed_update(self, tasks: list[Episode], seeds: list[int]) -> StepStats:
+        """A captured meta-update; a capture CUDA refuses makes this run eager, with one
+        line in the log saying why (the state is as before the attempt)."""
+        assert self.graphed is not None and self.batched is not None
+        try:
+            return self.graphed(tasks, seeds)
+        except RuntimeError as error:
+            if self.graphed.captured:
+                raise  # a replay failed: not a capture problem
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.log(f"CUDA graphs off for training, eager steps instead: {reason}")
+            self.graphed = None
+        return batched_train_step(
+            self.batched,
+            tasks,
+            self.optimizer,
+            self.config.inner_steps,
+            amp=self.config.amp,
+            task_seeds=seeds,
+            world=self.world,
+        )
 
 
 def _config_hash(folder: RunFolder, config: TrainConfig, payload: dict[str, Any] | None) -> str:

@@ -49,6 +49,17 @@ def _edit_config(run: Path) -> None:
 
 CASES = [
     Case(
+        "train cuda graphs on the cpu",
+        r"--cuda-graphs on captures the batched engine's steps on a CUDA device, not on cpu; "
+        r"use --cuda-graphs auto or off",
+        argv=_train("--cuda-graphs", "on", "--device", "cpu"),
+    ),
+    Case(
+        "train cuda graphs unknown",
+        r"command line: cuda_graphs='yes' is not valid \(expected one of auto, on, off\)",
+        argv=_train("--cuda-graphs", "yes"),
+    ),
+    Case(
         "train one way",
         r"command line: ways=1 is not valid \(expected a whole number >= 2\)",
         argv=_train("--ways", "1"),

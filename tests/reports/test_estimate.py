@@ -12,12 +12,14 @@ from metaacdc.config import TrainConfig, resolve
 from metaacdc.reports.estimate import (
     TaskOps,
     estimate_grid,
+    estimate_peaks,
     estimate_run,
     format_estimates,
     model_costs,
     task_ops,
 )
 from metaacdc.reports.summary import forward_flops
+from metaacdc.runs.experiment import build_model
 
 #: counting runs small operators on tiny tasks: one thread (see one_thread in
 #: tests/conftest.py); operator counts do not depend on it
@@ -94,3 +96,14 @@ def test_grid_table() -> None:
     text = format_estimates(estimate_grid(configs, test_tasks=100))
     assert text.startswith("ESTIMATE, not a measurement")
     assert "\nconv4 " in text and "\nresnet10 " in text and "GPU hours for 2 runs" in text
+
+
+def test_peaks_alone_are_the_estimates_peaks() -> None:
+    """`curve --jobs auto` asks only the memory part, without the slow operator count."""
+    configs = [resolve(dataclasses.replace(TINY, backbone=b)) for b in ("conv4", "resnet10")]
+    configs.append(resolve(dataclasses.replace(TINY, first_order=False)))
+    expected = []
+    for config in configs:
+        costs = model_costs(build_model(config, 3), 3, 16)
+        expected.append(estimate_run(config, costs, TaskOps(train=0, eval=0)).peak_gib)
+    assert estimate_peaks(configs) == pytest.approx(expected, rel=1e-12)
