@@ -509,10 +509,19 @@ class _Session:
         """
         config, step = self.config, self.state.step
         seeds = [task_seed(config.seed, step * config.meta_batch + i) for i in self.mine]
-        if self.graphed is not None:
-            stats = self._graphed_update(tasks, seeds)
-        elif self.batched is not None:
-            stats = batched_train_step(
+        stats = self._graphed_update(tasks, seeds) if self.graphed is not None else None
+        if stats is None:
+            stats = self._eager_update(tasks, seeds)
+        if not math.isfinite(stats.loss):
+            raise TrainingDivergedError(step + 1, f"meta-loss is {stats.loss}", self.saved_step)
+        self.state.step += 1
+        return stats
+
+    def _eager_update(self, tasks: list[Episode], seeds: list[int]) -> StepStats:
+        """A meta-update launched from Python, by the run's engine."""
+        config = self.config
+        if self.batched is not None:
+            return batched_train_step(
                 self.batched,
                 tasks,
                 self.optimizer,
@@ -521,26 +530,22 @@ class _Session:
                 task_seeds=seeds,
                 world=self.world,
             )
-        else:
-            stats = meta_train_step(
-                self.learner,
-                tasks,
-                self.optimizer,
-                config.inner_steps,
-                self.device,
-                config.amp,
-                task_seeds=seeds,
-                world=self.world,
-            )
-        if not math.isfinite(stats.loss):
-            raise TrainingDivergedError(step + 1, f"meta-loss is {stats.loss}", self.saved_step)
-        self.state.step += 1
-        return stats
+        return meta_train_step(
+            self.learner,
+            tasks,
+            self.optimizer,
+            config.inner_steps,
+            self.device,
+            config.amp,
+            task_seeds=seeds,
+            world=self.world,
+        )
 
-    def _graphed_update(self, tasks: list[Episode], seeds: list[int]) -> StepStats:
-        """A captured meta-update; a capture CUDA refuses makes this run eager, with one
-        line in the log saying why (the state is as before the attempt)."""
-        assert self.graphed is not None and self.batched is not None
+    def _graphed_update(self, tasks: list[Episode], seeds: list[int]) -> StepStats | None:
+        """A captured meta-update; None where CUDA refused the capture, which makes this
+        run eager from now on, with one line in the log saying why (the state is as
+        before the attempt)."""
+        assert self.graphed is not None
         try:
             return self.graphed(tasks, seeds)
         except RuntimeError as error:
@@ -549,15 +554,7 @@ class _Session:
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
             self.log(f"CUDA graphs off for training, eager steps instead: {reason}")
             self.graphed = None
-        return batched_train_step(
-            self.batched,
-            tasks,
-            self.optimizer,
-            self.config.inner_steps,
-            amp=self.config.amp,
-            task_seeds=seeds,
-            world=self.world,
-        )
+        return None
 
 
 def _config_hash(folder: RunFolder, config: TrainConfig, payload: dict[str, Any] | None) -> str:
