@@ -21,6 +21,8 @@ OVERRIDES: tuple[tuple[str, str, Any], ...] = (
     ("--ways", "ways", int),
     ("--meta-updates", "meta_updates", int),
     ("--inner-lr", "inner_lr", float),
+    ("--test-inner-steps", "test_inner_steps", int),
+    ("--init", "init", str),
     ("--image-size", "image_size", int),
     ("--atoms", "atoms", int),
     ("--seed", "seed", int),

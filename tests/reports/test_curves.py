@@ -134,10 +134,12 @@ def test_curve_stop_after_then_resume(tmp_path, base_config, capsys) -> None:
 def test_curve_command_line_overrides_the_config_file(tmp_path, base_config) -> None:
     out = tmp_path / "curve"
     overrides = ["--inner-lr", "0.05", "--meta-updates", "3", "--stop-after", "1"]
+    overrides += ["--init", "closerlook", "--test-inner-steps", "7"]
     assert curve(out, base_config, *overrides) == 0
     configs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*/config.yaml"))]
     assert len(configs) == 4
     assert all(c["inner_lr"] == 0.05 and c["meta_updates"] == 3 for c in configs)
+    assert all(c["init"] == "closerlook" and c["test_inner_steps"] == 7 for c in configs)
     assert all(c["val_tasks"] == TINY["val_tasks"] for c in configs)
 
 
@@ -378,6 +380,8 @@ def test_shipped_manifests_by_task_shape() -> None:
         (["--data", "a", "b"], "--data a: not a prepared cache"),
         (["--inner-lr", "0"], "inner_lr=0.0 is not valid (expected a finite number > 0)"),
         (["--inner-lr", "fast"], "argument --inner-lr: invalid float value: 'fast'"),
+        (["--init", "xavier"], "init='xavier' is not valid"),
+        (["--test-inner-steps", "0"], "test_inner_steps=0 is not valid"),
     ],
 )
 def test_curve_option_errors(
