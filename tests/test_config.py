@@ -12,6 +12,9 @@ from metaacdc.cli.curve import _base_config
 from metaacdc.cli.train import config_from_args
 from metaacdc.config import TrainConfig, build_config, resolve
 from metaacdc.errors import ConfigError
+from tests.conftest import REPO
+
+PRESETS = sorted((REPO / "configs").iterdir())
 
 
 @pytest.fixture
@@ -132,3 +135,11 @@ def test_small_image_datasets_train_at_their_own_size(
 def test_protocol_and_init_choices_are_checked(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve(TrainConfig(**settings))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_shipped_preset_builds(preset: Path) -> None:
+    """A preset the docs tell users to run must load: a key given twice (as once happened to
+    configs/curve-cpu.yaml) is refused by the loader, so it would fail here first."""
+    config = build_config(preset)
+    assert config.dataset in {"omniglot", "miniimagenet", "synthetic"}
