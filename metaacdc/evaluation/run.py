@@ -122,11 +122,12 @@ def evaluate_run(
         tasks = 3000 if tasks is None else tasks
         sampler = evaluation_sampler(config, cached, learner.data, seed)
     steps = config.test_inner_steps if inner_steps is None else inner_steps
+    assert steps is not None  # a loaded run's config is resolved
     tag = evaluation_tag(episodes, seed)
     results = folder.evaluations
     if run.is_file() and checkpoint.name != folder.best.name:
         results = results / checkpoint.stem  # never taken for the run's result
-    csv = results / f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
+    csv = results / evaluation_csv_name(split, tag, tasks, steps)
     check_evaluation(  # before any file is written
         learner,
         tasks,
@@ -289,6 +290,13 @@ def _open_split(learner: Learner, data: str | None, name: str, quiet: bool) -> C
             file=sys.stderr,
         )
     return split
+
+
+def evaluation_csv_name(split: str, tag: str, tasks: int, steps: int) -> str:
+    """The file name of an evaluation's per-task CSV: what it measured (split, tasks as
+    :func:`evaluation_tag` names them, how many, inner steps), so evaluations of one
+    checkpoint that differ in any of these sit side by side."""
+    return f"{split}-{tag}-{tasks}tasks-{steps}steps.csv"
 
 
 def evaluation_tag(episodes: Path | None, seed: int = 0) -> str:

@@ -5,6 +5,7 @@ with 95% intervals."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,7 @@ import yaml
 from metaacdc.backbones import DEPTH_STUDY, backbone_meta
 from metaacdc.config import TrainConfig, resolve
 from metaacdc.errors import ConfigError
-from metaacdc.evaluation.run import evaluation_tag
-from metaacdc.runs.checkpoint import load_checkpoint
+from metaacdc.evaluation.run import evaluation_csv_name, evaluation_tag
 from metaacdc.runs.folder import RunFolder
 
 if TYPE_CHECKING:
@@ -77,19 +77,14 @@ def grid(
     ]
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether a run folder's last checkpoint reached its configured length."""
-    folder = RunFolder(run_dir)
-    if not folder.last.is_file():
-        return False
-    payload = load_checkpoint(folder.last)
-    return bool(payload["step"] >= payload["config"]["meta_updates"])
-
-
-def latest_evaluation(run_dir: Path) -> Path | None:
-    """The most recently written evaluation CSV of a run, if any."""
-    files = sorted(RunFolder(run_dir).evaluations.glob("*.csv"), key=lambda p: p.stat().st_mtime)
-    return files[-1] if files else None
+def reported_evaluation(run_dir: Path, test_steps: int) -> Path | None:
+    """The evaluation a report shows for a run: its most recently written test evaluation
+    at ``test_steps`` inner steps (the run's own test-time steps), so one table never mixes
+    step counts; ``None`` if it has none."""
+    suffix = f"-{test_steps}steps.csv"
+    tests = RunFolder(run_dir).evaluations.glob("test-*.csv")
+    files = [p for p in tests if p.name.endswith(suffix)]
+    return max(files, key=lambda p: p.stat().st_mtime) if files else None
 
 
 def data_by_image_size(paths: Sequence[str]) -> dict[int, str]:
@@ -125,25 +120,34 @@ def manifests_by_task_shape(paths: Sequence[Path]) -> dict[tuple[int, int], Path
     return manifests
 
 
-def evaluation_file(run_dir: Path, tasks: int, episodes: Path | None) -> Path | None:
-    """An existing test evaluation of ``run_dir`` on ``tasks`` tasks, of the frozen
-    ``episodes`` when given (else of the seeded sampler), if one was written."""
-    tag = evaluation_tag(episodes)
-    found = sorted(RunFolder(run_dir).evaluations.glob(f"test-{tag}-{tasks}tasks-*.csv"))
-    return found[-1] if found else None
+def evaluation_file(run_dir: Path, tasks: int, episodes: Path | None, steps: int) -> Path | None:
+    """The test evaluation of ``run_dir`` on ``tasks`` tasks of the frozen ``episodes`` when
+    given (else of the seeded sampler) at ``steps`` inner steps, if one was written."""
+    name = evaluation_csv_name("test", evaluation_tag(episodes), tasks, steps)
+    path = RunFolder(run_dir).evaluations / name
+    return path if path.is_file() else None
 
 
 def summarise(run_dirs: Iterable[Path]) -> pd.DataFrame:
-    """One row per run with its latest evaluation (runs without one are skipped)."""
+    """One row per run with its :func:`reported_evaluation` (runs without one are skipped;
+    one evaluated at other step counts only is named on stderr, so it is not lost
+    silently)."""
     rows = []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         if not RunFolder(run_dir).config.is_file():
             raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
-        evaluation = latest_evaluation(run_dir)
-        if evaluation is None:
-            continue
         config = yaml.safe_load(RunFolder(run_dir).config.read_text())
+        steps = int(config["test_inner_steps"])
+        evaluation = reported_evaluation(run_dir, steps)
+        if evaluation is None:
+            if any(RunFolder(run_dir).evaluations.glob("test-*.csv")):
+                print(
+                    f"note: {run_dir}: left out, no test evaluation at its {steps} test-time "
+                    f"inner steps (`metaacdc evaluate {run_dir}` writes one)",
+                    file=sys.stderr,
+                )
+            continue
         table = pd.read_csv(evaluation, dtype={"task": str}).set_index("task")["accuracy"]
         rows.append(
             {

@@ -18,12 +18,12 @@ from metaacdc.reports.curves import (
     data_by_image_size,
     evaluation_file,
     grid,
-    is_finished,
     manifests_by_task_shape,
 )
+from metaacdc.runs.checkpoint import load_checkpoint
 from metaacdc.runs.folder import RunFolder, run_name
 from metaacdc.runs.lock import RunBusyError
-from metaacdc.training import train
+from metaacdc.training import settings_for_resume, train
 
 #: what became of a run in :func:`run_one`
 RunStatus: TypeAlias = Literal["busy", "stopped", "evaluated", "skipped"]
@@ -69,6 +69,12 @@ class GridRun:
     manifest: Path | None
 
     @property
+    def test_steps(self) -> int:
+        """The inner steps its test evaluation adapts with (the resolved config's)."""
+        assert self.config.test_inner_steps is not None  # plan_grid's configs are resolved
+        return self.config.test_inner_steps
+
+    @property
     def name(self) -> str:
         return self.run_dir.name
 
@@ -107,11 +113,27 @@ def plan_grid(
     return runs
 
 
+def is_trained(run: GridRun) -> bool:
+    """Whether ``run``'s folder holds a run trained to its end.
+
+    Raises:
+        ConfigError: the folder's run was trained with other settings than the grid's
+            (a grid rerun with a changed flag on the same ``--out``), so it is not
+            reported as the grid's.
+    """
+    folder = RunFolder(run.run_dir)
+    if not folder.last.is_file():
+        return False
+    payload = load_checkpoint(folder.last)
+    settings_for_resume(folder, payload, run.config)
+    return bool(payload["step"] >= payload["config"]["meta_updates"])
+
+
 def is_done(run: GridRun, tasks: int) -> bool:
     """Whether ``run`` is trained to the end and evaluated on ``tasks`` of its tasks: what
     :func:`run_one` only reports as skipped."""
-    evaluated = evaluation_file(run.run_dir, tasks, run.manifest) is not None
-    return evaluated and is_finished(run.run_dir)  # a glob first, then a checkpoint read
+    evaluated = evaluation_file(run.run_dir, tasks, run.manifest, run.test_steps) is not None
+    return evaluated and is_trained(run)  # a file test first, then a checkpoint read
 
 
 def run_one(
@@ -145,7 +167,7 @@ def run_one(
     """
     config, run_dir = run.config, run.run_dir
     try:
-        if not is_finished(run_dir):
+        if not is_trained(run):
             summary = train(
                 config,
                 run_dir,
@@ -156,7 +178,7 @@ def run_one(
             if not summary.finished:
                 log(f"stopped at meta-update {summary.step}; rerun to continue")
                 return "stopped"
-        evaluated = evaluation_file(run_dir, tasks, run.manifest)
+        evaluated = evaluation_file(run_dir, tasks, run.manifest, run.test_steps)
         if evaluated is not None:
             log(f"finished and evaluated ({evaluated.name}); skipped")
             return "skipped"
@@ -164,6 +186,7 @@ def run_one(
             run_dir,
             tasks=tasks,
             episodes=run.manifest,
+            inner_steps=run.test_steps,
             processes=processes,
             progress=progress and sys.stderr.isatty(),
             engine=config.engine,

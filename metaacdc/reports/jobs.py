@@ -162,6 +162,11 @@ def run_jobs(
             while running:
                 _serve(running, outcome, log, stopping=True)
         raise
+    # in the grid's order, not in the order the jobs happened to end: the closing lines
+    # that name them do not depend on timing
+    rank = {run.name: index for index, run in enumerate(runs)}
+    outcome.mistakes = dict(sorted(outcome.mistakes.items(), key=lambda item: rank[item[0]]))
+    outcome.failures = dict(sorted(outcome.failures.items(), key=lambda item: rank[item[0]]))
     return outcome
 
 

@@ -116,6 +116,25 @@ def _check_same_run(saved: dict, config: TrainConfig, where: Path) -> None:
         )
 
 
+def settings_for_resume(
+    folder: RunFolder, payload: dict[str, Any], config: TrainConfig
+) -> TrainConfig:
+    """``config`` as it continues the run saved in ``payload`` (a checkpoint of ``folder``):
+    ``auto`` engine and initialisation become the saved ones.
+
+    Raises:
+        ConfigError: ``folder``'s ``config.yaml`` was edited after the checkpoint, or the
+            run was trained with other settings than ``config`` (one line naming them), so
+            a run never silently stands for settings it was not trained with.
+    """
+    check_config_unedited(folder, payload)
+    saved = {**_SAVED_BEFORE, **payload["config"]}
+    kept = {name: saved[name] for name in _KEPT_ON_RESUME if getattr(config, name) == "auto"}
+    config = dataclasses.replace(config, **kept)
+    _check_same_run(payload["config"], config, folder.root)
+    return config
+
+
 def saved_settings(out: str | Path) -> TrainConfig:
     """The settings of the run in ``out``, as its last checkpoint records them: what
     ``metaacdc train --out RUN --resume`` continues without repeating a flag
@@ -245,12 +264,7 @@ def _train_claimed(
                 "another --out"
             )
         payload = load_checkpoint(folder.last)
-        check_config_unedited(folder, payload)
-        saved = {**_SAVED_BEFORE, **payload["config"]}
-        # a resumed run keeps the engine and initialisation it was trained with
-        kept = {name: saved[name] for name in _KEPT_ON_RESUME if getattr(config, name) == "auto"}
-        config = dataclasses.replace(config, **kept)
-        _check_same_run(payload["config"], config, folder.root)
+        config = settings_for_resume(folder, payload, config)
     session = _Session(config, folder, world, payload)
     session.start_folder()
     remaining = session.remaining(stop_after)

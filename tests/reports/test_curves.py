@@ -152,6 +152,49 @@ def test_report_matches_curve_table(tmp_path: Path, finished_grid: Path) -> None
     )
 
 
+def test_report_shows_each_run_at_its_own_test_steps(
+    tmp_path: Path, finished_grid: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A later evaluation at other inner steps (`evaluate --inner-steps`) does not replace a
+    run's cell, so one table never mixes step counts; a run evaluated at other steps only
+    is left out with a note, not silently."""
+    out = shutil.copytree(finished_grid, tmp_path / "curve")
+    runs = sorted(str(p) for p in out.iterdir() if (p / "config.yaml").is_file())
+    later, only_other = Path(runs[0]), Path(runs[1])
+    for run in (later, only_other):
+        argv = ["evaluate", str(run), "--tasks", "5", "--inner-steps", "1", "--device", "cpu"]
+        assert main([*argv, "--no-progress"]) == 0
+    (only_other / "eval" / f"test-seed0-5tasks-{2 * TINY['inner_steps']}steps.csv").unlink()
+    capsys.readouterr()
+    assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
+    note = capsys.readouterr().err
+    assert f"{only_other}: left out, no test evaluation at its 2 test-time inner steps" in note
+    assert later.name not in note
+    table = pd.read_csv(tmp_path / "report" / "curve.csv").set_index("run")
+    expected = pd.read_csv(finished_grid / "curve.csv").set_index("run").drop(only_other.name)
+    pd.testing.assert_frame_equal(table.sort_index(), expected.sort_index())
+
+
+@pytest.mark.parametrize(
+    ("flags", "change"),
+    [
+        (["--inner-lr", "0.05"], "inner_lr: 0.01 -> 0.05"),
+        (["--test-inner-steps", "3"], "test_inner_steps: 2 -> 3"),
+        (["--inner-lr", "0.05", "--jobs", "2"], "inner_lr: 0.01 -> 0.05"),
+    ],
+)
+def test_curve_refuses_a_finished_run_trained_with_other_settings(
+    finished_grid: Path, capsys: pytest.CaptureFixture, flags: list[str], change: str
+) -> None:
+    """Rerunning a grid with a changed flag on the same --out must not report the runs of
+    the old settings as the new ones ("finished and evaluated; skipped")."""
+    capsys.readouterr()
+    assert curve(finished_grid, finished_grid.parent / "tiny.yaml", *flags) == 2
+    printed = capsys.readouterr()
+    assert "was trained with other settings" in printed.err and change in printed.err
+    assert "skipped" not in printed.out
+
+
 def evaluated_apart(run: Path, folder: Path, capsys: pytest.CaptureFixture, *args: str) -> Path:
     """``metaacdc evaluate`` of a copy of ``run`` without its evaluations (so nothing the
     curve wrote is read or reused); returns the per-task CSV it wrote."""
