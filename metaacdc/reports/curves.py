@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from metaacdc.backbones import DEPTH_STUDY, backbone_meta
-from metaacdc.config import TrainConfig, resolve
+from metaacdc.config import TEST_STEPS_PER_STEP, TrainConfig, resolve
 from metaacdc.errors import ConfigError
 from metaacdc.evaluation.run import evaluation_csv_name, evaluation_tag
 from metaacdc.runs.folder import RunFolder
@@ -138,7 +138,8 @@ def summarise(run_dirs: Iterable[Path]) -> pd.DataFrame:
         if not RunFolder(run_dir).config.is_file():
             raise FileNotFoundError(f"{run_dir}: not a run folder (no config.yaml)")
         config = yaml.safe_load(RunFolder(run_dir).config.read_text())
-        steps = int(config["test_inner_steps"])
+        # what resolve() gives a config without it, as `evaluate` of the run would use
+        steps = int(config.get("test_inner_steps") or TEST_STEPS_PER_STEP * config["inner_steps"])
         evaluation = reported_evaluation(run_dir, steps)
         if evaluation is None:
             if any(RunFolder(run_dir).evaluations.glob("test-*.csv")):

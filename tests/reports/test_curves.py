@@ -175,6 +175,21 @@ def test_report_shows_each_run_at_its_own_test_steps(
     pd.testing.assert_frame_equal(table.sort_index(), expected.sort_index())
 
 
+def test_report_reads_a_run_config_without_test_steps(tmp_path: Path, finished_grid: Path) -> None:
+    """A config.yaml written before it recorded ``test_inner_steps`` counts as the default
+    (twice the training steps), as `evaluate` of that run would use."""
+    run = sorted(p for p in finished_grid.iterdir() if (p / "config.yaml").is_file())[0]
+    copy = shutil.copytree(run, tmp_path / run.name)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    del config["test_inner_steps"]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(copy), "--out", str(tmp_path / "report")]) == 0
+    table = pd.read_csv(tmp_path / "report" / "curve.csv")
+    expected = pd.read_csv(finished_grid / "curve.csv").set_index("run").loc[run.name]
+    assert list(table["run"]) == [run.name]
+    assert table["accuracy"].iloc[0] == expected["accuracy"]
+
+
 @pytest.mark.parametrize(
     ("flags", "change"),
     [
