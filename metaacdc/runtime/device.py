@@ -33,3 +33,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"cuda:0 to cuda:{count - 1}"
         )
     return resolved
+
+
+def describe_device(device: torch.device) -> str:
+    """``device`` with what decides its rounding: on the CPU the kernels' instruction set
+    and the intra-op threads, on CUDA the GPU's name; and the torch version. Runs are
+    bit-reproducible only where these match (docs/reliability.md), so each run's log names
+    them."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        hardware = (
+            f"{torch.backends.cpu.get_cpu_capability()} kernels, "
+            f"{threads} thread{'s' if threads > 1 else ''}"
+        )
+    return f"{device} ({hardware}, torch {torch.__version__})"

@@ -49,7 +49,7 @@ from metaacdc.runs.folder import (
 from metaacdc.runs.lock import claim, training_lock
 from metaacdc.runtime import distributed
 from metaacdc.runtime.cuda_graphs import wants_graphs
-from metaacdc.runtime.device import resolve_device
+from metaacdc.runtime.device import describe_device, resolve_device
 from metaacdc.runtime.finite import all_finite
 from metaacdc.training.graphed_step import GraphedTrainStep, adam, match_capturable
 from metaacdc.training.state import TrainState
@@ -270,7 +270,7 @@ def _train_claimed(
     remaining = session.remaining(stop_after)
     session.log(
         f"{'resuming at' if payload else 'starting'} meta-update {session.state.step} of "
-        f"{config.meta_updates} on {session.device}"
+        f"{config.meta_updates} on {describe_device(session.device)}"
     )
     if remaining > 0 or session.state.owed is not None:
         session.run(remaining, progress, checkpoint_every_s)
