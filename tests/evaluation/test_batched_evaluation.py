@@ -94,7 +94,10 @@ def test_tasks_of_another_shape_run_in_their_own_call(
     monkeypatch.setattr(Learner, "predict_tasks", counted)
     batched = evaluate(learner, mixed, 8, progress=False, engine="batched")
     reference = evaluate(learner, mixed, 8, progress=False, engine="learn2learn")
-    np.testing.assert_array_equal(batched.accuracies, reference.accuracies)
+    # the same predictions up to float32 rounding: on some CPUs' kernels (AVX2) a near-tie
+    # of one query's logits falls the other way, so at most one query of one task differs
+    differs = np.abs(batched.accuracies - reference.accuracies)
+    assert differs.max() <= 1 / (5 * TEST_QUERIES) + 1e-9 and (differs > 0).sum() <= 1
     assert calls == [3, 3, 2]  # runs of equal shapes, never padded
 
 
